@@ -1,0 +1,9 @@
+"""evosearch: test-time search (EvoSearch, best-of-N, ...) for diffusers image and video generators."""
+
+from .pipeline import SearchPipeline, SearchPipelineOutput
+from .rewards.base import FunctionReward, Reward
+from .search import BestOfN, EvoSearch, Lineage
+
+__version__ = "0.1.0"
+
+__all__ = ["SearchPipeline", "SearchPipelineOutput", "EvoSearch", "BestOfN", "Reward", "FunctionReward", "Lineage"]

@@ -1,0 +1,30 @@
+"""Steppers: one per model family, each built from an existing diffusers pipeline object."""
+
+from .base import Request, Stepper, derive_seed
+from .diffusion import DiffusionStepper
+from .flow import FlowStepper
+from .schedule import NoiseSchedule
+
+SUPPORTED_PIPELINES = (
+    "StableDiffusionPipeline", "StableDiffusionXLPipeline", "DDPMPipeline", "DDIMPipeline",
+    "DigitsPipeline (bundled)", "StableDiffusion3Pipeline", "FluxPipeline",
+)
+
+
+def stepper_for(pipe, max_batch_size: int = 16, eta: float = 1.0) -> Stepper:
+    """The Stepper of ``pipe``'s family; a clear error for pipelines no family covers."""
+    from diffusers import DDIMPipeline, DDPMPipeline, FluxPipeline, StableDiffusion3Pipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if isinstance(pipe, (StableDiffusion3Pipeline, FluxPipeline)):
+        return FlowStepper(pipe, max_batch_size=max_batch_size, eta=eta)
+    if isinstance(pipe, (StableDiffusionPipeline, StableDiffusionXLPipeline, DDPMPipeline, DDIMPipeline)) or (
+        hasattr(pipe, "unet") and hasattr(pipe, "null_class_label")
+    ):
+        return DiffusionStepper(pipe, max_batch_size=max_batch_size, eta=eta)
+    raise TypeError(f"pipe: {type(pipe).__name__} is not supported; supported pipelines: "
+                    + ", ".join(SUPPORTED_PIPELINES))
+
+
+__all__ = ["Stepper", "Request", "NoiseSchedule", "DiffusionStepper", "FlowStepper", "stepper_for", "derive_seed",
+           "SUPPORTED_PIPELINES"]

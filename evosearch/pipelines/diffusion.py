@@ -1,0 +1,148 @@
+"""The ``diffusion`` family: UNet pipelines with a VP schedule (SD 1.x/2.x, SDXL, pixel UNets).
+
+The step is the generalised DDIM step (``schedule.py``) on the pipeline's own
+``alphas_cumprod`` and DDIM timestep spacing, with epsilon-, v- or sample-prediction
+as the pipeline's scheduler config says.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import DDIMScheduler
+
+from .base import Request, Stepper
+from .schedule import NoiseSchedule
+
+
+def vp_schedule(scheduler_config, num_inference_steps: int, eta: float, device=None) -> tuple[NoiseSchedule, DDIMScheduler]:
+    """DDIM timesteps and VP coefficients from any diffusers scheduler config, and the DDIM
+    scheduler built from it (its config carries prediction_type and clip_sample)."""
+    ddim = DDIMScheduler.from_config(scheduler_config)
+    ddim.set_timesteps(num_inference_steps)
+    timesteps = ddim.timesteps.clone()
+    acp = ddim.alphas_cumprod.double()
+    step_ratio = ddim.config.num_train_timesteps // num_inference_steps
+    alpha_bar = [acp[int(t)] for t in timesteps]
+    prev = [int(t) - step_ratio for t in timesteps]
+    alpha_bar.append(acp[prev[-1]] if prev[-1] >= 0 else ddim.final_alpha_cumprod.double())
+    alpha_bar = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in alpha_bar])
+    sched = NoiseSchedule(a=alpha_bar.sqrt(), s=(1 - alpha_bar).sqrt(), timesteps=timesteps.to(device), eta=eta)
+    return sched, ddim
+
+
+class DiffusionStepper(Stepper):
+    """Stepper for UNet pipelines: StableDiffusionPipeline, StableDiffusionXLPipeline,
+    class-conditional pixel pipelines (the bundled DigitsPipeline) and unconditional
+    pixel pipelines (DDPMPipeline, DDIMPipeline)."""
+
+    family = "diffusion"
+
+    @property
+    def denoiser(self):
+        return self.pipe.unet
+
+    @property
+    def kind(self) -> str:
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+        if isinstance(self.pipe, StableDiffusionXLPipeline):
+            return "sdxl"
+        if isinstance(self.pipe, StableDiffusionPipeline):
+            return "sd"
+        if hasattr(self.pipe, "null_class_label"):
+            return "class"
+        return "unconditional"
+
+    @property
+    def default_num_inference_steps(self) -> int:
+        return int(getattr(self.pipe, "default_num_inference_steps", 50))
+
+    @property
+    def default_guidance_scale(self) -> float:
+        if self.kind == "unconditional":
+            return 1.0
+        return float(getattr(self.pipe, "default_guidance_scale", 7.5))
+
+    # -- request -----------------------------------------------------------------
+    def _prepare(self, request: Request) -> None:
+        pipe, device = self.pipe, self.device
+        self.schedule, ddim = vp_schedule(pipe.scheduler.config, request.num_inference_steps, self.eta, device)
+        self.prediction_type = ddim.config.prediction_type
+        self.clip_sample_range = ddim.config.clip_sample_range if ddim.config.clip_sample else None
+        unet_cfg = pipe.unet.config
+        kind = self.kind
+        if kind in ("sd", "sdxl"):
+            scale = pipe.vae_scale_factor
+            height = request.height or unet_cfg.sample_size * scale
+            width = request.width or unet_cfg.sample_size * scale
+            if height % scale or width % scale:
+                raise ValueError(f"height/width: must be multiples of {scale}, got {height}x{width}")
+            request.height, request.width = height, width
+            self.state_shape = (unet_cfg.in_channels, height // scale, width // scale)
+        else:
+            size = unet_cfg.sample_size
+            size = (size, size) if isinstance(size, int) else tuple(size)
+            if (request.height or size[0]) != size[0] or (request.width or size[1]) != size[1]:
+                raise ValueError(f"height/width: this pixel-space model draws {size[0]}x{size[1]} images only")
+            request.height, request.width = size
+            self.state_shape = (unet_cfg.in_channels, *size)
+
+        cfg = request.guidance_scale > 1.0
+        prompt, neg = request.prompt, request.negative_prompt
+        if kind == "sd":
+            pe, npe = pipe.encode_prompt(prompt, device, 1, cfg, negative_prompt=neg)
+            self.cond = {"encoder_hidden_states": pe}
+            self.uncond = {"encoder_hidden_states": npe} if cfg else None
+        elif kind == "sdxl":
+            pe, npe, ppe, nppe = pipe.encode_prompt(prompt=prompt, device=device, num_images_per_prompt=1,
+                                                    do_classifier_free_guidance=cfg, negative_prompt=neg)
+            proj_dim = (int(ppe.shape[-1]) if pipe.text_encoder_2 is None
+                        else pipe.text_encoder_2.config.projection_dim)
+            size = (request.height, request.width)
+            time_ids = pipe._get_add_time_ids(size, (0, 0), size, dtype=pe.dtype,
+                                              text_encoder_projection_dim=proj_dim).to(device)
+            self.cond = {"encoder_hidden_states": pe, "text_embeds": ppe, "time_ids": time_ids}
+            self.uncond = ({"encoder_hidden_states": npe, "text_embeds": nppe, "time_ids": time_ids}
+                           if cfg else None)
+        elif kind == "class":
+            label = pipe.encode_prompt(prompt, device=device).reshape(1)
+            self.cond = {"class_labels": label}
+            self.uncond = {"class_labels": torch.full_like(label, pipe.null_class_label)} if cfg else None
+        else:
+            self.cond, self.uncond = {}, None
+
+    def _unet(self, x: torch.Tensor, t, cond: dict) -> torch.Tensor:
+        kwargs = dict(cond)
+        if "text_embeds" in kwargs:
+            kwargs["added_cond_kwargs"] = {"text_embeds": kwargs.pop("text_embeds"), "time_ids": kwargs.pop("time_ids")}
+        return self.pipe.unet(x, t, **kwargs, return_dict=False)[0]
+
+    def _predict(self, x: torch.Tensor, i: int):
+        t = self.schedule.timesteps[i]
+        out = self._guided(lambda xx, c: self._unet(xx, t, c), x, self.cond, self.uncond)
+        if out.shape[1] != x.shape[1]:  # learned-variance UNets output (eps, var)
+            out = out[:, : x.shape[1]]
+        a, s = float(self.schedule.a[i]), float(self.schedule.s[i])
+        if self.prediction_type == "epsilon":
+            eps = out
+            x0 = (x - s * eps) / a
+        elif self.prediction_type == "v_prediction":
+            x0 = a * x - s * out
+            eps = s * x + a * out
+        elif self.prediction_type == "sample":
+            x0 = out
+            eps = (x - a * x0) / s
+        else:
+            raise ValueError(f"prediction_type: {self.prediction_type!r} is not supported "
+                             "(allowed: epsilon, v_prediction, sample)")
+        if self.clip_sample_range is not None:  # as DDIMScheduler(clip_sample=True): clip x0, re-derive eps
+            x0 = x0.clamp(-self.clip_sample_range, self.clip_sample_range)
+            eps = (x - a * x0) / s
+        return x0, eps
+
+    def _decode(self, x0: torch.Tensor) -> torch.Tensor:
+        if self.kind in ("sd", "sdxl"):
+            vae = self.pipe.vae
+            image = vae.decode(x0.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+            return self.pipe.image_processor.postprocess(image, output_type="pt", do_denormalize=[True] * len(image))
+        return (x0 / 2 + 0.5).clamp(0, 1)

@@ -1,0 +1,64 @@
+"""The one stochastic step shared by every family: the generalised DDIM step.
+
+With the model's schedule ``x_t = a_t * x0 + s_t * eps`` (VP: a = sqrt(alpha_bar),
+s = sqrt(1 - alpha_bar); rectified flow: a = 1 - t, s = t), a step t -> u with
+noise level ``eta`` in [0, 1] and injected standard-normal noise ``z`` is::
+
+    c   = eta * s_u * sqrt(1 - (a_t * s_u / (a_u * s_t))**2)
+    x_u = a_u * x0_hat + sqrt(s_u**2 - c**2) * eps_hat + c * z
+
+eta = 1 is the ancestral (DDPM-like) step, eta = 0 the deterministic ODE step.
+For VP schedules this is exactly diffusers' ``DDIMScheduler.step`` with ``eta`` and
+``variance_noise`` (a test checks it). The step keeps the marginals of the
+forward process for any eta, which is what search over intermediate states needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """Per-step coefficients of ``x_t = a_t x0 + s_t eps`` for one sampling run.
+
+    ``a`` and ``s`` have ``num_steps + 1`` entries: index i is the state before step i,
+    index ``num_steps`` the final state. ``timesteps`` (num_steps) are what the
+    denoiser is called with at step i, in the model's own units.
+    """
+
+    a: torch.Tensor
+    s: torch.Tensor
+    timesteps: torch.Tensor
+    eta: float
+
+    def __post_init__(self):
+        if not 0.0 <= float(self.eta) <= 1.0:
+            raise ValueError(f"eta: must be in [0, 1], got {self.eta}")
+        if len(self.a) != len(self.s) or len(self.a) != len(self.timesteps) + 1:
+            raise ValueError("NoiseSchedule: a and s need num_steps + 1 entries and timesteps num_steps")
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps)
+
+    def noise_std(self, i: int) -> float:
+        """The std ``c`` of the noise that step i injects (0 for deterministic steps)."""
+        a_t, s_t, a_u, s_u = (float(v) for v in (self.a[i], self.s[i], self.a[i + 1], self.s[i + 1]))
+        if s_u <= 0.0 or self.eta == 0.0:
+            return 0.0
+        ratio = (a_t * s_u) / (a_u * s_t) if s_t > 0 else 0.0
+        return float(self.eta * s_u * max(0.0, 1.0 - ratio * ratio) ** 0.5)
+
+    def step(self, x0_hat: torch.Tensor, eps_hat: torch.Tensor, i: int, noise: torch.Tensor | None) -> torch.Tensor:
+        """x_{i+1} from the predictions at step i; ``noise`` is required when ``noise_std(i) > 0``."""
+        a_u, s_u = float(self.a[i + 1]), float(self.s[i + 1])
+        c = self.noise_std(i)
+        x = a_u * x0_hat + (max(s_u * s_u - c * c, 0.0) ** 0.5) * eps_hat
+        if c > 0.0:
+            if noise is None:
+                raise ValueError(f"noise: step {i} is stochastic (std {c:.4g}); pass the noise explicitly")
+            x = x + c * noise.to(x.dtype)
+        return x

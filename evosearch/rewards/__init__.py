@@ -1,0 +1,17 @@
+"""Rewards: (images or videos, prompts) -> one float per sample, higher is better."""
+
+from .base import FunctionReward, Reward, as_reward, to_tensor_images
+from .clip import Aesthetic, CLIPScore
+from .ensemble import Ensemble
+
+
+def __getattr__(name):  # the digit reward loads the bundled classifier lazily
+    if name == "DigitClassifierReward":
+        from .digits import DigitClassifierReward
+
+        return DigitClassifierReward
+    raise AttributeError(name)
+
+
+__all__ = ["Reward", "FunctionReward", "as_reward", "to_tensor_images", "CLIPScore", "Aesthetic", "Ensemble",
+           "DigitClassifierReward"]
