@@ -6,6 +6,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import pytest
 import torch
 
+# the test models are tiny: one thread avoids OpenMP pool overhead (and contention on 2 cores)
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def pixel_pipe():
