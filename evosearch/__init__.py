@@ -2,8 +2,9 @@
 
 from .pipeline import SearchPipeline, SearchPipelineOutput
 from .rewards.base import FunctionReward, Reward
-from .search import BestOfN, EvoSearch, Lineage
+from .search import BestOfN, EvoSearch, Lineage, ParticleSearch, PathSearch, ZeroOrderSearch
 
 __version__ = "0.1.0"
 
-__all__ = ["SearchPipeline", "SearchPipelineOutput", "EvoSearch", "BestOfN", "Reward", "FunctionReward", "Lineage"]
+__all__ = ["SearchPipeline", "SearchPipelineOutput", "EvoSearch", "BestOfN", "ZeroOrderSearch", "PathSearch",
+           "ParticleSearch", "Reward", "FunctionReward", "Lineage"]

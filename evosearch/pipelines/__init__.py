@@ -8,6 +8,7 @@ from .schedule import NoiseSchedule
 SUPPORTED_PIPELINES = (
     "StableDiffusionPipeline", "StableDiffusionXLPipeline", "DDPMPipeline", "DDIMPipeline",
     "DigitsPipeline (bundled)", "StableDiffusion3Pipeline", "FluxPipeline",
+    "GaussianMixtureDiffusionPipeline / GaussianMixtureFlowPipeline (evosearch.testbed)",
 )
 
 
@@ -16,6 +17,11 @@ def stepper_for(pipe, max_batch_size: int = 16, eta: float = 1.0) -> Stepper:
     from diffusers import DDIMPipeline, DDPMPipeline, FluxPipeline, StableDiffusion3Pipeline
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    family = getattr(pipe, "stepper_family", None)  # pipelines that name their family (evosearch.testbed)
+    if family == "flow":
+        return FlowStepper(pipe, max_batch_size=max_batch_size, eta=eta)
+    if family == "diffusion":
+        return DiffusionStepper(pipe, max_batch_size=max_batch_size, eta=eta)
     if isinstance(pipe, (StableDiffusion3Pipeline, FluxPipeline)):
         return FlowStepper(pipe, max_batch_size=max_batch_size, eta=eta)
     if isinstance(pipe, (StableDiffusionPipeline, StableDiffusionXLPipeline, DDPMPipeline, DDIMPipeline)) or (

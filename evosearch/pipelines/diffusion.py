@@ -141,6 +141,9 @@ class DiffusionStepper(Stepper):
         return x0, eps
 
     def _decode(self, x0: torch.Tensor) -> torch.Tensor:
+        hook = getattr(self.pipe, "samples_to_images", None)
+        if callable(hook):  # pipelines with their own decode (the Gaussian-mixture testbed: raw samples)
+            return hook(x0)
         if self.kind in ("sd", "sdxl"):
             vae = self.pipe.vae
             image = vae.decode(x0.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]

@@ -37,7 +37,10 @@ def flow_schedule(pipe, num_inference_steps: int, eta: float, image_seq_len: int
 
 
 class FlowStepper(Stepper):
-    """Stepper for StableDiffusion3Pipeline and FluxPipeline (packed latents)."""
+    """Stepper for StableDiffusion3Pipeline and FluxPipeline (packed latents), and for
+    unconditional flow pipelines (a ``transformer`` with a ``sample_size``/``in_channels``
+    config, no text encoder: the Gaussian-mixture testbed), whose states are
+    ``(in_channels, *sample_size)`` and whose decode is the pipeline's ``samples_to_images``."""
 
     family = "flow"
 
@@ -52,15 +55,31 @@ class FlowStepper(Stepper):
         return isinstance(self.pipe, FluxPipeline)
 
     @property
+    def kind(self) -> str:
+        from diffusers import StableDiffusion3Pipeline
+
+        if self.is_flux:
+            return "flux"
+        if (not isinstance(self.pipe, StableDiffusion3Pipeline) and getattr(self.pipe, "text_encoder", None) is None
+                and not hasattr(self.pipe, "encode_prompt")):
+            return "unconditional"
+        return "sd3"
+
+    @property
     def default_num_inference_steps(self) -> int:
         return 28
 
     @property
     def default_guidance_scale(self) -> float:
+        if self.kind == "unconditional":
+            return 1.0
         return 3.5 if self.is_flux else 7.0
 
     def _prepare(self, request: Request) -> None:
         pipe, device = self.pipe, self.device
+        if self.kind == "unconditional":
+            self._prepare_unconditional(request)
+            return
         scale = pipe.vae_scale_factor
         default = pipe.default_sample_size * scale
         height, width = request.height or default, request.width or default
@@ -98,6 +117,18 @@ class FlowStepper(Stepper):
             self.schedule = flow_schedule(pipe, request.num_inference_steps, self.eta, (h // patch) * (w // patch), device)
             self.time_scale = 1.0
 
+    def _prepare_unconditional(self, request: Request) -> None:
+        cfg = self.pipe.transformer.config
+        size = cfg.sample_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        if (request.height or size[0]) != size[0] or (request.width or size[1]) != size[1]:
+            raise ValueError(f"height/width: this model draws {size[0]}x{size[1]} samples only")
+        request.height, request.width = size
+        self.state_shape = (cfg.in_channels, *size)
+        self.static, self.cond, self.uncond = {}, {}, None
+        self.schedule = flow_schedule(self.pipe, request.num_inference_steps, self.eta, size[0] * size[1], self.device)
+        self.time_scale = 1.0
+
     def _transformer(self, x, t, cond):
         timestep = (t * self.time_scale).expand(x.shape[0]).to(x.dtype)
         return self.pipe.transformer(hidden_states=x, timestep=timestep, **cond, **self.static, return_dict=False)[0]
@@ -109,6 +140,11 @@ class FlowStepper(Stepper):
         return x - sigma * v, x + (1 - sigma) * v
 
     def _decode(self, x0: torch.Tensor) -> torch.Tensor:
+        hook = getattr(self.pipe, "samples_to_images", None)
+        if callable(hook):  # pipelines with their own decode (the Gaussian-mixture testbed: raw samples)
+            return hook(x0)
+        if self.kind == "unconditional":
+            return (x0 / 2 + 0.5).clamp(0, 1)
         pipe, vae = self.pipe, self.pipe.vae
         if self.is_flux:
             x0 = pipe._unpack_latents(x0, self.request.height, self.request.width, pipe.vae_scale_factor)

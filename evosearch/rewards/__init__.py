@@ -3,6 +3,9 @@
 from .base import FunctionReward, Reward, as_reward, to_tensor_images
 from .clip import Aesthetic, CLIPScore
 from .ensemble import Ensemble
+from .hps import HPSv2
+from .imagereward import ImageReward
+from .pickscore import PickScore
 
 
 def __getattr__(name):  # the digit reward loads the bundled classifier lazily
@@ -14,4 +17,4 @@ def __getattr__(name):  # the digit reward loads the bundled classifier lazily
 
 
 __all__ = ["Reward", "FunctionReward", "as_reward", "to_tensor_images", "CLIPScore", "Aesthetic", "Ensemble",
-           "DigitClassifierReward"]
+           "DigitClassifierReward", "PickScore", "HPSv2", "ImageReward"]

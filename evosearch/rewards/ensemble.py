@@ -1,4 +1,34 @@
-"""Weighted combination of rewards after per-reward, per-batch normalisation."""
+"""Weighted combination of rewards after per-reward, per-batch normalisation.
+
+Normalisation and reward scales
+-------------------------------
+Rewards live on very different scales, so raw weighted sums let one reward's units drown
+the others. The built-in rewards return (higher is better):
+
+=====================  ==========================================  =========================
+reward                 score                                       typical values
+=====================  ==========================================  =========================
+CLIPScore              100 * cos(image, text), not clamped         25-35 (ViT-B/32, matching)
+Aesthetic              LAION MLP rating                            4-7 (a 1-10 scale)
+PickScore              logit_scale.exp() * cos = 100 * cos         18-24
+HPSv2                  cos(image, text), as ``hpsv2.score``        0.20-0.35
+ImageReward            (MLP - 0.1672) / 1.0333, ~ a z-score        -2 to 2
+DigitClassifierReward  log p(digit) (or p)                         -10 to 0 (0 to 1)
+=====================  ==========================================  =========================
+
+Selection methods (best-of-N, EvoSearch's elitism and tournaments, tree pruning, zero-order
+pivots) only compare the samples of one batch, so :class:`Ensemble` normalises each
+reward over the batch before weighting — ``normalize="rank"`` (:func:`rank_normalize`,
+ranks in [0, 1]: scale- and outlier-free, the default) or ``"zscore"``
+(:func:`zscore_normalize`: keeps relative gaps) — and the weights then mean "relative
+importance", whatever the units. The price is batch dependence (see :class:`Ensemble`).
+
+Potential-based methods (particle resampling / FK steering, TTS-VAR) use the raw score in
+``exp(lambda * r)`` and compare it across steps, so per-batch normalisation does not
+apply there: ``lambda`` is in inverse reward units. ``lambda = 10`` suits a spread of order
+1 (ImageReward, PickScore differences); for HPSv2 (spreads ~0.01) use ~100x larger, for
+CLIPScore ~10x smaller, or rescale the reward by a fixed factor (a FunctionReward) first.
+"""
 
 from __future__ import annotations
 

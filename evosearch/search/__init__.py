@@ -6,9 +6,14 @@ from .best_of_n import BestOfN
 from .context import BudgetExceeded, Candidate, SearchContext, SearchInterrupted, SearchStats
 from .evosearch import PRESETS, EvoSearch
 from .lineage import Event, Lineage
+from .particles import ParticleSearch
+from .paths import PathSearch
 from .schedules import auto_schedule, schedule_cost, validate_schedules
+from .zero_order import ZeroOrderSearch
 
-METHODS = {"evosearch": EvoSearch, "best-of-n": BestOfN}
+METHODS = {"evosearch": EvoSearch, "best-of-n": BestOfN, "zero-order": ZeroOrderSearch, "paths": PathSearch,
+           "particles": ParticleSearch}
 
-__all__ = ["BestOfN", "EvoSearch", "PRESETS", "METHODS", "SearchContext", "SearchInterrupted", "BudgetExceeded",
+__all__ = ["BestOfN", "EvoSearch", "ZeroOrderSearch", "PathSearch", "ParticleSearch", "PRESETS", "METHODS",
+           "SearchContext", "SearchInterrupted", "BudgetExceeded",
            "Candidate", "SearchStats", "Lineage", "Event", "auto_schedule", "schedule_cost", "validate_schedules"]

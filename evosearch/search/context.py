@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..pipelines.base import Stepper, derive_seed
 from .lineage import Event, Lineage
-from .mutation import sigma_mutation, vp_mutation
+from .mutation import forward_renoise, sigma_mutation, sphere_neighbor, vp_mutation
 
 #: key under which an event's mutation noise is derived from its seed (step noise uses the step index)
 MUTATION_KEY = 2**31 - 1
@@ -75,7 +75,17 @@ def apply_event(stepper: Stepper, x: torch.Tensor | None, event: Event) -> torch
         return vp_mutation(x, noise, event.rate)
     if event.kind == "sigma":
         return sigma_mutation(x, noise, stepper.noise_scale(event.step - 1) if event.step > 0 else 1.0)
-    raise ValueError(f"event kind {event.kind!r} is unknown (allowed: init, vp, sigma, keep)")
+    if event.kind == "neighbor":
+        return sphere_neighbor(x, noise, event.rate)
+    if event.kind == "renoise":
+        schedule = getattr(stepper, "schedule", None)
+        if schedule is None or event.from_step is None:
+            raise ValueError(f"event 'renoise' needs a from_step and a Stepper with a NoiseSchedule "
+                             f"({type(stepper).__name__} has none)")
+        j, k = event.from_step, event.step
+        return forward_renoise(x, noise, float(schedule.a[j]), float(schedule.s[j]), float(schedule.a[k]),
+                               float(schedule.s[k]))
+    raise ValueError(f"event kind {event.kind!r} is unknown (allowed: init, vp, sigma, keep, neighbor, renoise)")
 
 
 def apply_events(stepper: Stepper, states: torch.Tensor | None, events: Sequence[Event]) -> torch.Tensor:
@@ -104,7 +114,8 @@ def replay_lineage(stepper: Stepper, lineage: Lineage) -> torch.Tensor:
     x = None
     for k, ev in enumerate(events):
         x = apply_event(stepper, x, ev)
-        end = events[k + 1].step if k + 1 < len(events) else stepper.num_steps
+        nxt = events[k + 1] if k + 1 < len(events) else None
+        end = stepper.num_steps if nxt is None else (nxt.step if nxt.from_step is None else nxt.from_step)
         x = denoise(stepper, x, [ev.seed], ev.step, end)
     return x
 
@@ -207,6 +218,46 @@ class SearchContext:
         if end in archive_at:
             archive[end] = states.detach().cpu()
         return states, archive
+
+    def predict(self, states: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The denoiser's (x0_hat, eps_hat) for ``states`` at ``step``: one NFE per row. With
+        :meth:`advance` this is exactly one step of :meth:`rollout`, split so that a method
+        can score the x0_hat preview (:meth:`score_preview`) and select rows in between
+        without paying another NFE for the preview."""
+        n = states.shape[0]
+        self.check_budget(n)
+        self.check_stop()
+        with self.timed("denoise"):
+            out = self.stepper.predict(states, step)
+        self._bar.update(n)
+        self.emit({"type": "step", "step": step, "nfe": self.nfe})
+        return out
+
+    def advance(self, x0_hat: torch.Tensor, eps_hat: torch.Tensor, lineages: Sequence[Lineage],
+                step: int) -> torch.Tensor:
+        """The states after ``step`` from the predictions of :meth:`predict` (no NFE); row k's
+        step noise is keyed by the seed of the last event of ``lineages[k]``, as in :meth:`rollout`."""
+        noise = None
+        with self.timed("denoise"):
+            if self.stepper.noise_scale(step) > 0:
+                noise = self.stepper.sample_noise([derive_seed(lin.events[-1].seed, step) for lin in lineages])
+            return self.stepper.schedule.step(x0_hat, eps_hat, step, noise)
+
+    def score_preview(self, x0_hat: torch.Tensor, step: int, generation: int = 0, **info) -> np.ndarray:
+        """Decode and score x0_hat previews (counted as decode and reward calls, timed as
+        decode and reward). Previews are not samples: they never become the best candidate.
+        Appends a history entry with ``"preview": True`` plus ``info``; returns rewards (N,)."""
+        with self.timed("decode"):
+            images = self.stepper.finish(x0_hat)
+        with self.timed("reward"):
+            rewards = self.reward(images, self.prompt)
+        self.stats.reward_calls += len(rewards)
+        entry = {"generation": generation, "step": step, "population": len(rewards), "preview": True,
+                 "rewards": [float(r) for r in rewards], "best_reward": None if self.best is None else self.best.reward,
+                 "nfe": self.nfe, "seconds": round(time.perf_counter() - self._t0, 3), **info}
+        self.history.append(entry)
+        self.emit({"type": "preview", **entry})
+        return np.asarray(rewards, dtype=np.float64)
 
     def evaluate(self, states: torch.Tensor, lineages: Sequence[Lineage], generation: int = 0,
                  step: int | None = None) -> np.ndarray:

@@ -81,3 +81,29 @@ def default_elite(population_schedule: Sequence[int]) -> int:
     if len(pop) < 2:
         return 0
     return max(0, min(max(1, int(round(0.2 * min(pop[1:])))), min(pop) - 1))
+
+
+def steps_at_fractions(fractions: Sequence[float], num_steps: int, lo: int = 0) -> list[int]:
+    """Distinct, increasing step indices round(f * num_steps) clipped to [lo, num_steps - 1]."""
+    steps: list[int] = []
+    for f in fractions:
+        e = min(num_steps - 1, max(lo, int(round(f * num_steps))))
+        if e >= lo and (not steps or e > steps[-1]):
+            steps.append(e)
+    return steps
+
+
+def validate_steps(name: str, steps: Sequence[int], num_steps: int | None = None, lo: int = 0) -> list[int]:
+    """A strictly increasing list of integer step indices in [lo, num_steps - 1], or a
+    ValueError naming ``name``."""
+    steps = list(steps)
+    if not all(_is_int(e) for e in steps):
+        raise ValueError(f"{name}: must be a list of integer step indices, got {steps}")
+    if any(b <= a for a, b in zip(steps, steps[1:])):
+        raise ValueError(f"{name}: steps must be strictly increasing, got {steps}")
+    if steps and steps[0] < lo:
+        raise ValueError(f"{name}: steps must be >= {lo}, got {steps}")
+    if num_steps is not None and steps and steps[-1] >= num_steps:
+        raise ValueError(f"{name}: steps must be in [{lo}, num_inference_steps - 1] = [{lo}, {num_steps - 1}], "
+                         f"got {steps}")
+    return steps

@@ -1,0 +1,153 @@
+"""Resampling for particle methods (FK steering, TTS-VAR): weights, effective sample size,
+resampling schemes and the Feynman-Kac reward potentials. Pure numpy; every random number
+comes from the ``numpy.random.Generator`` passed in."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+SCHEMES = ("multinomial", "systematic", "stratified")
+POTENTIALS = ("diff", "max", "rt", "add")
+
+
+# -- weights ------------------------------------------------------------------------------
+def normalize_log_weights(log_w) -> np.ndarray:
+    """Normalised weights (sum 1) from log weights, computed stably. -inf entries get weight 0;
+    if every entry is -inf (or the input holds NaN) a clear ValueError is raised."""
+    log_w = np.asarray(log_w, dtype=np.float64)
+    if log_w.ndim != 1 or len(log_w) == 0:
+        raise ValueError(f"log_weights: must be a non-empty 1-D array, got shape {log_w.shape}")
+    if np.isnan(log_w).any() or np.isposinf(log_w).any():
+        raise ValueError(f"log_weights: must not hold NaN or +inf, got {log_w}")
+    top = log_w.max()
+    if not np.isfinite(top):
+        raise ValueError("log_weights: every particle has weight 0 (all log weights are -inf)")
+    w = np.exp(log_w - top)
+    return w / w.sum()
+
+
+def ess(weights) -> float:
+    """Effective sample size (sum w)^2 / sum w^2 of (unnormalised, non-negative) weights:
+    N for equal weights, 1 when one particle holds all the weight."""
+    w = np.asarray(weights, dtype=np.float64)
+    if (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:
+        raise ValueError(f"weights: must be finite, non-negative and not all zero, got {w}")
+    return float(w.sum() ** 2 / np.square(w).sum())
+
+
+def ess_from_log(log_w) -> float:
+    """:func:`ess` of ``exp(log_w)``, computed stably."""
+    return ess(normalize_log_weights(log_w))
+
+
+# -- resampling schemes --------------------------------------------------------------------
+def _check(weights, n: int | None) -> tuple[np.ndarray, int]:
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 1 or len(w) == 0 or (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:
+        raise ValueError(f"weights: must be a non-empty 1-D array of finite non-negative numbers, not all zero; "
+                         f"got {w}")
+    n = len(w) if n is None else n
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n: must be a positive integer, got {n!r}")
+    return w / w.sum(), int(n)
+
+
+def _invert(w: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Indices j with cumsum(w)[j-1] <= position < cumsum(w)[j] (positions in [0, 1))."""
+    cdf = np.cumsum(w)
+    cdf[-1] = 1.0  # guard against rounding: every position < 1 finds a particle
+    idx = np.searchsorted(cdf, positions, side="right")
+    return np.minimum(idx, len(w) - 1).astype(np.int64)
+
+
+def multinomial(weights, rng: np.random.Generator, n: int | None = None) -> np.ndarray:
+    """n ancestor indices drawn i.i.d. with probabilities ``weights`` (sorted)."""
+    w, n = _check(weights, n)
+    return _invert(w, np.sort(rng.random(n)))
+
+
+def stratified(weights, rng: np.random.Generator, n: int | None = None) -> np.ndarray:
+    """One uniform position in each of n strata [k/n, (k+1)/n): lower variance than multinomial."""
+    w, n = _check(weights, n)
+    return _invert(w, (np.arange(n) + rng.random(n)) / n)
+
+
+def systematic(weights, rng: np.random.Generator, n: int | None = None) -> np.ndarray:
+    """Positions (u + k)/n with one uniform u: each particle gets floor(n w) or ceil(n w) copies."""
+    w, n = _check(weights, n)
+    return _invert(w, (np.arange(n) + rng.random()) / n)
+
+
+RESAMPLERS = {"multinomial": multinomial, "systematic": systematic, "stratified": stratified}
+
+
+def resample(weights, scheme: str, rng: np.random.Generator, n: int | None = None) -> np.ndarray:
+    """Ancestor indices (sorted, int64) by ``scheme``: each index j appears N w_j times in
+    expectation for every scheme (unbiased)."""
+    if scheme not in RESAMPLERS:
+        raise ValueError(f"resampling: unknown scheme {scheme!r}; allowed: {', '.join(SCHEMES)}")
+    return RESAMPLERS[scheme](weights, rng, n)
+
+
+# -- Feynman-Kac potentials ------------------------------------------------------------------
+class Potentials:
+    """Per-particle Feynman-Kac potentials on intermediate rewards r_t (Singhal et al. 2025).
+
+    At each potential step (:meth:`step`) with the particles' preview rewards r_t::
+
+        diff  G_t = exp(lambda (r_t - r_prev))        r_prev: the particle's previous reward (0 at first)
+        max   G_t = exp(lambda max(r_t, m))           m: the particle's running max (-inf at first), then updated
+        rt    G_t = exp(lambda r_t)
+        add   G_t = exp(lambda (r_t + S))             S: sum of the particle's earlier rewards, then S += r_t
+
+    and at the end (:meth:`final`), on the reward of the sample itself,
+    ``G_T = exp(lambda r(x0)) / prod_t G_t`` over the particle's ancestry, so that the
+    product of all potentials of a path is exp(lambda r(x0)): the target is
+    p(x0) exp(lambda r(x0)) for every choice (for "diff" this is its own telescoping form).
+    Everything is kept as logs. :meth:`select` re-indexes the state after resampling.
+    """
+
+    def __init__(self, kind: str, lambda_: float, n: int):
+        if kind not in POTENTIALS:
+            raise ValueError(f"potential: unknown potential {kind!r}; allowed: {', '.join(POTENTIALS)}")
+        if not math.isfinite(float(lambda_)) or float(lambda_) < 0:
+            raise ValueError(f"lambda_: must be a finite number >= 0, got {lambda_!r}")
+        self.kind = kind
+        self.lambda_ = float(lambda_)
+        self.prev = np.zeros(n)
+        self.running_max = np.full(n, -np.inf)
+        self.running_sum = np.zeros(n)
+        self.log_prod = np.zeros(n)  # sum of the log potentials along each particle's ancestry
+
+    def step(self, rewards) -> np.ndarray:
+        """log G_t for preview rewards r_t (one per particle); updates the running state."""
+        r = np.asarray(rewards, dtype=np.float64)
+        lam = self.lambda_
+        if self.kind == "diff":
+            log_g = lam * (r - self.prev)
+        elif self.kind == "max":
+            self.running_max = np.maximum(r, self.running_max)
+            log_g = lam * self.running_max
+        elif self.kind == "rt":
+            log_g = lam * r
+        else:  # add
+            self.running_sum = self.running_sum + r
+            log_g = lam * self.running_sum
+        self.prev = r
+        self.log_prod = self.log_prod + log_g
+        return log_g
+
+    def final(self, rewards) -> np.ndarray:
+        """log G_T = lambda r(x0) - sum of the earlier log potentials of each particle's path."""
+        r = np.asarray(rewards, dtype=np.float64)
+        log_g = self.lambda_ * r - self.log_prod
+        self.log_prod = self.log_prod + log_g
+        return log_g
+
+    def select(self, index) -> None:
+        """Particle k now descends from particle ``index[k]``."""
+        idx = np.asarray(index, dtype=np.int64)
+        self.prev, self.running_max = self.prev[idx], self.running_max[idx]
+        self.running_sum, self.log_prod = self.running_sum[idx], self.log_prod[idx]
