@@ -7,17 +7,23 @@ import sys
 import time
 from pathlib import Path
 
-METHOD_CHOICES = ("evosearch", "best-of-n")
+METHOD_CHOICES = ("evosearch", "best-of-n", "zero-order", "paths", "particles")
 REWARD_CHOICES = ("digits", "clip", "aesthetic")
 
 
 def build_method(name: str, population: int | None = None):
-    from .search import BestOfN, EvoSearch
+    from .search import BestOfN, EvoSearch, ParticleSearch, PathSearch, ZeroOrderSearch
 
     if name == "evosearch":
         return EvoSearch()
     if name == "best-of-n":
         return BestOfN(n=population)
+    if name == "zero-order":
+        return ZeroOrderSearch()
+    if name == "paths":
+        return PathSearch() if population is None else PathSearch(n_keep=population, width=4)
+    if name == "particles":
+        return ParticleSearch(n_particles=population)
     raise ValueError(f"--method: unknown method {name!r}; allowed: {', '.join(METHOD_CHOICES)}")
 
 
@@ -105,7 +111,8 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--method", default="evosearch", choices=METHOD_CHOICES)
     g.add_argument("--nfe-budget", type=int, default=None,
                    help="denoiser evaluations to spend (default: 32 trajectories' worth)")
-    g.add_argument("--population", type=int, default=None, help="best-of-n: n (default: from the budget)")
+    g.add_argument("--population", type=int, default=None,
+                   help="best-of-n: n; paths: paths kept (width 4); particles: particles (default: from the budget)")
     g.add_argument("--steps", type=int, default=None, help="num_inference_steps (default: the model's)")
     g.add_argument("--guidance-scale", type=float, default=None)
     g.add_argument("--eta", type=float, default=1.0, help="sampler noise level in [0, 1]")
