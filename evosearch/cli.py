@@ -7,8 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-METHOD_CHOICES = ("evosearch", "best-of-n", "zero-order", "paths", "particles")
-REWARD_CHOICES = ("digits", "clip", "aesthetic")
+METHOD_CHOICES = ("evosearch", "best-of-n", "zero-order", "paths", "particles", "tts-var", "tree-of-frames")
+REWARD_CHOICES = ("digits", "clip", "aesthetic", "moving-digits")
 
 
 def build_method(name: str, population: int | None = None):
@@ -24,6 +24,14 @@ def build_method(name: str, population: int | None = None):
         return PathSearch() if population is None else PathSearch(n_keep=population, width=4)
     if name == "particles":
         return ParticleSearch(n_particles=population)
+    if name == "tts-var":  # next-scale models only (--model var-digits); population = N of the batch schedule
+        from .search import TTSVAR
+
+        return TTSVAR(n=population)
+    if name == "tree-of-frames":  # segment models only (--model moving-digits); population = roots
+        from .search import TreeOfFrames
+
+        return TreeOfFrames() if population is None else TreeOfFrames(roots=population)
     raise ValueError(f"--method: unknown method {name!r}; allowed: {', '.join(METHOD_CHOICES)}")
 
 
@@ -33,6 +41,14 @@ def load_model(model: str | None, device: str):
         from .pipelines.digits import load_digits_pipeline
 
         return load_digits_pipeline(device=device)
+    if model == "var-digits":  # the bundled next-scale (VAR) digits model
+        from .pipelines.var_digits import load_var_digits_pipeline
+
+        return load_var_digits_pipeline(device=device)
+    if model == "moving-digits":  # the bundled segment-wise video model (use with --method tree-of-frames)
+        from .pipelines.moving_digits import load_moving_digits_pipeline
+
+        return load_moving_digits_pipeline(device=device)
     path = Path(model)
     if not path.is_dir() or not (path / "model_index.json").exists():
         raise SystemExit(f"--model: {model!r} is not a local diffusers folder (a directory with model_index.json); "
@@ -42,7 +58,44 @@ def load_model(model: str | None, device: str):
     return DiffusionPipeline.from_pretrained(str(path)).to(device)
 
 
+def default_reward_name(model: str | None) -> str:
+    if model == "moving-digits":
+        return "moving-digits"
+    return "digits" if model in (None, "digits", "bundled", "var-digits") else "clip"
+
+
+def default_nfe_budget(args, search) -> int | None:
+    """--nfe-budget, or 32 trajectories' worth when neither it nor --population is given."""
+    if args.nfe_budget is None and args.population is None:
+        return 32 * (args.steps or search.stepper.default_num_inference_steps)
+    return args.nfe_budget
+
+
 def load_reward(name: str, checkpoint: str | None, device: str):
+    """A named reward, or ``module:attr`` naming an importable Reward instance, Reward class
+    (instantiated without arguments) or callable ``fn(images (N,3,H,W) in [0,1], prompts) -> (N,)``."""
+    if ":" in name:
+        import importlib
+
+        from .rewards.base import Reward, as_reward
+
+        mod_name, _, attr = name.partition(":")
+        try:
+            obj = importlib.import_module(mod_name)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError) as e:
+            raise SystemExit(f"--reward: cannot import {name!r} ({e})")
+        if isinstance(obj, type) and issubclass(obj, Reward):
+            obj = obj()
+        try:
+            return as_reward(obj)
+        except TypeError as e:
+            raise SystemExit(f"--reward: {name!r}: {e}")
+    if name == "moving-digits":  # the bundled frame classifier, averaged over frames
+        from .pipelines.moving_digits import moving_digits_reward
+
+        return moving_digits_reward(path=checkpoint)
     if name == "digits":
         from .rewards.digits import DigitClassifierReward
 
@@ -55,18 +108,23 @@ def load_reward(name: str, checkpoint: str | None, device: str):
         from .rewards.clip import Aesthetic
 
         return Aesthetic(mlp_path=checkpoint, device=device)
-    raise SystemExit(f"--reward: unknown reward {name!r}; allowed: {', '.join(REWARD_CHOICES)}")
+    raise SystemExit(f"--reward: unknown reward {name!r}; allowed: {', '.join(REWARD_CHOICES)}, or module:function")
 
 
-def write_outputs(out, out_dir: Path, label: str) -> dict[str, Path]:
+def write_outputs(out, out_dir: Path, label: str, fps: float = 8.0) -> dict[str, Path]:
     """best.png, population.png (grid of the final population), rewards.png (reward vs NFE),
-    record.json; each written atomically."""
+    record.json; for video models also best.mp4 (best.gif without imageio-ffmpeg), whose first
+    frame is best.png; each written atomically."""
     from .io import atomic_write_json, image_grid, plot_reward_vs_nfe, save_image
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     if out.best is not None:
         paths["best"] = save_image(out.best.image, out_dir / "best.png", upscale_to=256)
+        if getattr(out.best, "video", None) is not None:
+            from .video_io import export_video
+
+            paths["video"] = export_video(out.best.video, out_dir / "best.mp4", fps=fps, min_size=256)
         grid = image_grid(out.images)
         paths["population"] = save_image(grid, out_dir / "population.png", upscale_to=512)
         paths["plot"] = plot_reward_vs_nfe({label: out.history}, out_dir / "rewards.png",
@@ -80,18 +138,19 @@ def cmd_generate(args) -> int:
 
     t0 = time.perf_counter()
     pipe = load_model(args.model, args.device)
-    reward_name = args.reward or ("digits" if args.model in (None, "digits", "bundled") else "clip")
+    reward_name = args.reward or default_reward_name(args.model)
     reward = load_reward(reward_name, args.reward_checkpoint, args.device)
     method = build_method(args.method, args.population)
     search = SearchPipeline.from_pipe(pipe, reward=reward, method=method, max_batch_size=args.max_batch_size,
                                       eta=args.eta)
-    budget = args.nfe_budget
-    if budget is None and args.population is None:
-        budget = 32 * (args.steps or search.stepper.default_num_inference_steps)
-    prompt = args.prompt if args.prompt is not None else ("3" if reward_name == "digits" else "a photo of a cat")
+    budget = default_nfe_budget(args, search)
+    prompt = args.prompt if args.prompt is not None else (
+        "3" if reward_name in ("digits", "moving-digits") else "a photo of a cat")
+    video_kwargs = {k: v for k, v in (("num_frames", getattr(args, "num_frames", None)),
+                                      ("num_segments", getattr(args, "num_segments", None))) if v is not None}
     out = search(prompt, seed=args.seed, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
-                 nfe_budget=budget, progress=not args.quiet)
-    paths = write_outputs(out, Path(args.out), args.method)
+                 nfe_budget=budget, progress=not args.quiet, **video_kwargs)
+    paths = write_outputs(out, Path(args.out), args.method, fps=getattr(args, "fps", 8.0))
     s = out.stats
     status = "complete" if out.complete else "interrupted (best so far kept)"
     print(f"{args.method}: best reward {out.best.reward if out.best else float('nan'):.4f} | NFE {s.nfe}"
@@ -102,12 +161,10 @@ def cmd_generate(args) -> int:
     return 0 if out.complete else 130
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="evosearch", description="Test-time search for diffusers generators")
-    sub = parser.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("generate", help="search for the best sample of one prompt")
-    g.add_argument("--model", default=None, help="local diffusers folder (default: the bundled digits model)")
-    g.add_argument("--prompt", default=None, help="prompt; for the bundled model the digit to draw (default 3)")
+def add_search_args(g, device: str = "cpu") -> None:
+    """The model/method/reward/budget flags shared by ``generate`` and ``batch``."""
+    g.add_argument("--model", default=None, help="local diffusers folder, or var-digits (the bundled next-scale model; "
+                   "use with --method tts-var or best-of-n) (default: the bundled digits model)")
     g.add_argument("--method", default="evosearch", choices=METHOD_CHOICES)
     g.add_argument("--nfe-budget", type=int, default=None,
                    help="denoiser evaluations to spend (default: 32 trajectories' worth)")
@@ -117,14 +174,33 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--guidance-scale", type=float, default=None)
     g.add_argument("--eta", type=float, default=1.0, help="sampler noise level in [0, 1]")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--reward", default=None, choices=REWARD_CHOICES,
-                   help="default: digits for the bundled model, clip otherwise")
+    g.add_argument("--reward", default=None, metavar="REWARD",
+                   help=f"one of {', '.join(REWARD_CHOICES)}, or module:function naming an importable Reward or "
+                        "callable fn(images, prompts) -> scores (default: digits for the bundled model, clip otherwise)")
     g.add_argument("--reward-checkpoint", default=None, help="local checkpoint for the reward")
     g.add_argument("--max-batch-size", type=int, default=16)
-    g.add_argument("--device", default="cpu")
-    g.add_argument("--out", default="evosearch-out")
+    g.add_argument("--device", default=device, help="torch device (default: %(default)s)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from .batch import add_batch_parser
+
+    parser = argparse.ArgumentParser(prog="evosearch", description="Test-time search for diffusers generators")
+    sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="search for the best sample of one prompt")
+    g.add_argument("--prompt", default=None, help="prompt; for the bundled model the digit to draw (default 3)")
+    add_search_args(g)
+    g.add_argument("--out", default="evosearch-out")
+    g.add_argument("--num-frames", type=int, default=None, help="video models: frames (default: the model's)")
+    g.add_argument("--num-segments", type=int, default=None,
+                   help="segment models (moving-digits): segments per video (default: the model's)")
+    g.add_argument("--fps", type=float, default=8.0, help="video models: frames per second of best.mp4/.gif")
     g.set_defaults(func=cmd_generate)
+    add_batch_parser(sub)
+    from .apps.gradio_app import add_parser as add_app_parser
+
+    add_app_parser(sub)
     return parser
 
 

@@ -9,6 +9,9 @@ SUPPORTED_PIPELINES = (
     "StableDiffusionPipeline", "StableDiffusionXLPipeline", "DDPMPipeline", "DDIMPipeline",
     "DigitsPipeline (bundled)", "StableDiffusion3Pipeline", "FluxPipeline",
     "GaussianMixtureDiffusionPipeline / GaussianMixtureFlowPipeline (evosearch.testbed)",
+    "WanPipeline", "CogVideoXPipeline", "LTXPipeline", "HunyuanVideoPipeline",
+    "MovingDigitsPipeline (bundled, segments)", "WanImageToVideoPipeline (segments)",
+    "VARDigitsPipeline (bundled)", "VARPipeline (FoundationVision VAR / Infinity, evosearch.pipelines.var)",
 )
 
 
@@ -22,6 +25,19 @@ def stepper_for(pipe, max_batch_size: int = 16, eta: float = 1.0) -> Stepper:
         return FlowStepper(pipe, max_batch_size=max_batch_size, eta=eta)
     if family == "diffusion":
         return DiffusionStepper(pipe, max_batch_size=max_batch_size, eta=eta)
+    if family == "var":  # next-scale models: VARDigitsPipeline, VARPipeline(FoundationVARAdapter / InfinityAdapter)
+        from .var import VARStepper
+
+        return VARStepper(pipe, max_batch_size=max_batch_size, eta=eta)
+    from .segments import SegmentStepper, segment_model_for
+    from .video import video_stepper_for
+
+    video = video_stepper_for(pipe, max_batch_size=max_batch_size, eta=eta)
+    if video is not None:
+        return video
+    segments = segment_model_for(pipe)  # MovingDigitsPipeline (bundled), WanImageToVideoPipeline
+    if segments is not None:
+        return SegmentStepper(segments, max_batch_size=max_batch_size, eta=eta)
     if isinstance(pipe, (StableDiffusion3Pipeline, FluxPipeline)):
         return FlowStepper(pipe, max_batch_size=max_batch_size, eta=eta)
     if isinstance(pipe, (StableDiffusionPipeline, StableDiffusionXLPipeline, DDPMPipeline, DDIMPipeline)) or (

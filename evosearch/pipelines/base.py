@@ -212,6 +212,12 @@ class Stepper:
         idx = torch.as_tensor(index, dtype=torch.long, device=states.device)
         return states.index_select(0, idx)
 
+    @staticmethod
+    def concat(states_list: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Rows of several state batches one after another (states that carry more than a
+        tensor override this, with :meth:`select`)."""
+        return torch.cat(list(states_list))
+
     # -- shared helpers for subclasses ------------------------------------------
     def _cfg(self) -> bool:
         return self.request.guidance_scale > 1.0

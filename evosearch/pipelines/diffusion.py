@@ -14,10 +14,19 @@ from .base import Request, Stepper
 from .schedule import NoiseSchedule
 
 
-def vp_schedule(scheduler_config, num_inference_steps: int, eta: float, device=None) -> tuple[NoiseSchedule, DDIMScheduler]:
+def vp_schedule(scheduler_config, num_inference_steps: int, eta: float, device=None,
+                alphas_cumprod: torch.Tensor | None = None,
+                final_alpha_cumprod: torch.Tensor | None = None) -> tuple[NoiseSchedule, DDIMScheduler]:
     """DDIM timesteps and VP coefficients from any diffusers scheduler config, and the DDIM
-    scheduler built from it (its config carries prediction_type and clip_sample)."""
+    scheduler built from it (its config carries prediction_type and clip_sample).
+
+    ``alphas_cumprod`` / ``final_alpha_cumprod`` replace the ones DDIMScheduler derives from the
+    config, for schedulers that transform them (CogVideoXDDIMScheduler's SNR shift)."""
     ddim = DDIMScheduler.from_config(scheduler_config)
+    if alphas_cumprod is not None:
+        ddim.alphas_cumprod = torch.as_tensor(alphas_cumprod).clone()
+    if final_alpha_cumprod is not None:
+        ddim.final_alpha_cumprod = torch.as_tensor(final_alpha_cumprod).clone()
     ddim.set_timesteps(num_inference_steps)
     timesteps = ddim.timesteps.clone()
     acp = ddim.alphas_cumprod.double()

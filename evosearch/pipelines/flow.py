@@ -17,8 +17,11 @@ from .schedule import NoiseSchedule
 
 
 def flow_schedule(pipe, num_inference_steps: int, eta: float, image_seq_len: int, device=None,
-                  flux_sigmas: bool = False) -> NoiseSchedule:
-    """Sigmas (and model timesteps) exactly as the pipeline's own call would set them."""
+                  flux_sigmas: bool = False, sigmas=None) -> NoiseSchedule:
+    """Sigmas (and model timesteps) exactly as the pipeline's own call would set them.
+
+    ``flux_sigmas``: the pipeline passes ``linspace(1, 1/N, N)`` (FLUX, LTX-Video); ``sigmas``: the
+    pipeline passes these sigmas (HunyuanVideo: ``linspace(1, 0, N + 1)[:-1]``)."""
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
@@ -27,7 +30,9 @@ def flow_schedule(pipe, num_inference_steps: int, eta: float, image_seq_len: int
         kwargs["mu"] = calculate_shift(image_seq_len, scheduler.config.get("base_image_seq_len", 256),
                                        scheduler.config.get("max_image_seq_len", 4096),
                                        scheduler.config.get("base_shift", 0.5), scheduler.config.get("max_shift", 1.15))
-    if flux_sigmas and not scheduler.config.get("use_flow_sigmas", False):
+    if sigmas is not None:
+        kwargs["sigmas"] = np.asarray(sigmas, dtype=np.float64)
+    elif flux_sigmas and not scheduler.config.get("use_flow_sigmas", False):
         kwargs["sigmas"] = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
     timesteps, _ = retrieve_timesteps(scheduler, num_inference_steps, "cpu", **kwargs)
     sigmas = scheduler.sigmas.double()

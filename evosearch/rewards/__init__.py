@@ -6,6 +6,7 @@ from .ensemble import Ensemble
 from .hps import HPSv2
 from .imagereward import ImageReward
 from .pickscore import PickScore
+from .video import FrameReward, TemporalConsistency
 
 
 def __getattr__(name):  # the digit reward loads the bundled classifier lazily
@@ -17,4 +18,5 @@ def __getattr__(name):  # the digit reward loads the bundled classifier lazily
 
 
 __all__ = ["Reward", "FunctionReward", "as_reward", "to_tensor_images", "CLIPScore", "Aesthetic", "Ensemble",
-           "DigitClassifierReward", "PickScore", "HPSv2", "ImageReward"]
+           "DigitClassifierReward", "PickScore", "HPSv2", "ImageReward",
+           "FrameReward", "TemporalConsistency"]

@@ -10,6 +10,9 @@ import torch
 from PIL import Image
 
 ImagesLike = torch.Tensor | np.ndarray | Sequence[Image.Image]
+#: videos: a tensor (N, F, C, H, W) in [0, 1], a numpy array (N, F, H, W, C) (float or uint8),
+#: or a list of N frame lists (PIL images, or (F, C, H, W) tensors)
+VideosLike = torch.Tensor | np.ndarray | Sequence[Sequence[Image.Image]]
 
 
 def to_tensor_images(images: ImagesLike) -> torch.Tensor:
@@ -37,6 +40,41 @@ def to_tensor_images(images: ImagesLike) -> torch.Tensor:
     return x
 
 
+def is_video_batch(x) -> bool:
+    """True for a batch of videos (see :data:`VideosLike`): a 5-D tensor/array, or a list whose
+    items are frame lists or 4-D tensors."""
+    if isinstance(x, (torch.Tensor, np.ndarray)):
+        return x.ndim == 5
+    if isinstance(x, (list, tuple)) and len(x) > 0:
+        first = x[0]
+        return isinstance(first, (list, tuple)) or (isinstance(first, (torch.Tensor, np.ndarray)) and first.ndim == 4)
+    return False
+
+
+def to_tensor_videos(videos: VideosLike) -> torch.Tensor:
+    """Convert videos to a float tensor (N, F, 3, H, W) in [0, 1] on the CPU (see :data:`VideosLike`)."""
+    if isinstance(videos, torch.Tensor):
+        v = videos.detach().float().cpu()
+        if v.ndim != 5:
+            raise ValueError(f"videos: expected a batch of shape (N, F, C, H, W), got shape {tuple(v.shape)}")
+    elif isinstance(videos, np.ndarray):
+        if videos.ndim != 5:
+            raise ValueError(f"videos: expected an array of shape (N, F, H, W, C), got shape {videos.shape}")
+        arr = videos.astype(np.float32) / 255.0 if videos.dtype == np.uint8 else videos.astype(np.float32)
+        v = torch.from_numpy(arr).permute(0, 1, 4, 2, 3)
+    else:
+        clips = [to_tensor_images(list(c) if isinstance(c, (list, tuple)) else c) for c in videos]
+        if not clips or any(c.shape != clips[0].shape for c in clips):
+            raise ValueError("videos: expected a non-empty list of videos with the same number and size of frames, "
+                             f"got frame shapes {[tuple(c.shape) for c in clips]}")
+        v = torch.stack(clips)
+    if v.shape[2] == 1:
+        v = v.expand(-1, -1, 3, -1, -1)
+    if v.shape[2] != 3:
+        raise ValueError(f"videos: expected 1 or 3 channels, got {v.shape[2]}")
+    return v
+
+
 def broadcast_prompts(prompts: str | Sequence[str] | None, n: int) -> list[str]:
     """One prompt per image: a single prompt is repeated n times."""
     if prompts is None:
@@ -57,20 +95,37 @@ class Reward:
     ``reward(images, prompts)`` returns a float tensor of shape (N,) on the CPU,
     higher is better. Images arrive as a float tensor (N, 3, H, W) in [0, 1].
 
+    Videos (N, F, 3, H, W) (see :data:`VideosLike`) are accepted too: a reward with
+    ``video_input = True`` (video rewards, :class:`~evosearch.rewards.Ensemble`) gets them as
+    they are; any other reward scores every frame and a video's score is the mean of its
+    frames' scores (:class:`~evosearch.rewards.video.FrameReward` aggregates otherwise).
+
     Non-finite scores (NaN, +/-inf) raise :class:`ValueError` naming the reward:
     a silent worst-score would let a broken reward steer a search without anyone
     noticing.
     """
 
     name: str = "reward"
+    #: True: :meth:`score` receives videos (N, F, 3, H, W) whole; False: frames, averaged per video
+    video_input: bool = False
 
     def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         raise NotImplementedError
 
     @torch.no_grad()
-    def __call__(self, images: ImagesLike, prompts: str | Sequence[str] | None = None) -> torch.Tensor:
-        x = to_tensor_images(images)
-        scores = self.score(x, broadcast_prompts(prompts, x.shape[0]))
+    def __call__(self, images: ImagesLike | VideosLike, prompts: str | Sequence[str] | None = None) -> torch.Tensor:
+        if is_video_batch(images):
+            x = to_tensor_videos(images)
+            prompts = broadcast_prompts(prompts, x.shape[0])
+            if self.video_input:
+                scores = self.score(x, prompts)
+            else:  # an image reward on videos: the mean of the frames' scores
+                n, f = x.shape[:2]
+                frame_scores = self.score(x.flatten(0, 1), [p for p in prompts for _ in range(f)])
+                scores = torch.as_tensor(frame_scores, dtype=torch.float32).reshape(n, f).mean(dim=1)
+        else:
+            x = to_tensor_images(images)
+            scores = self.score(x, broadcast_prompts(prompts, x.shape[0]))
         scores = torch.as_tensor(scores, dtype=torch.float32).detach().cpu().reshape(-1)
         if scores.shape[0] != x.shape[0]:
             raise ValueError(f"{self.name}: returned {scores.shape[0]} scores for {x.shape[0]} images")

@@ -37,7 +37,7 @@ from typing import Sequence
 
 import torch
 
-from .base import ImagesLike, Reward, as_reward, broadcast_prompts, to_tensor_images
+from .base import ImagesLike, Reward, as_reward, broadcast_prompts, is_video_batch, to_tensor_images, to_tensor_videos
 
 __all__ = ["Ensemble", "NORMALIZE_MODES", "rank_normalize", "zscore_normalize"]
 
@@ -102,6 +102,9 @@ class Ensemble(Reward):
         normalize: ``"rank"``, ``"zscore"`` or ``"none"``.
     """
 
+    #: videos go to each component whole (each then scores them as it does: frames or whole videos)
+    video_input = True
+
     def __init__(self, rewards: Sequence, weights: Sequence[float] | None = None, normalize: str = "rank"):
         if isinstance(rewards, (Reward, str)) or callable(rewards) or not isinstance(rewards, Sequence):
             raise ValueError("rewards: expected a list of rewards or of (reward, weight) pairs, "
@@ -164,7 +167,7 @@ class Ensemble(Reward):
     @torch.no_grad()
     def components(self, images: ImagesLike, prompts: str | Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """Each component's raw (un-normalised, batch-independent) scores, keyed by reward name."""
-        x = to_tensor_images(images)
+        x = to_tensor_videos(images) if is_video_batch(images) else to_tensor_images(images)
         return self._raw(x, broadcast_prompts(prompts, x.shape[0]))
 
     def __repr__(self) -> str:

@@ -35,7 +35,7 @@ class BudgetExceeded(RuntimeError):
 
 @dataclass
 class Candidate:
-    """A scored sample: image (3, H, W) uint8 on the CPU, reward, lineage."""
+    """A scored sample: image (3, H, W) — or video (F, 3, H, W) — uint8 on the CPU, reward, lineage."""
 
     image: torch.Tensor
     reward: float
@@ -55,11 +55,15 @@ class SearchStats:
     decode_calls: int = 0
     seconds: dict = field(default_factory=lambda: {"denoise": 0.0, "decode": 0.0, "reward": 0.0, "total": 0.0})
     peak_memory_bytes: int = 0
+    tokens: int | None = None  # token positions predicted, for Steppers that count them (next-scale models)
 
     def to_dict(self) -> dict:
-        return {"nfe": self.nfe, "nfe_budget": self.nfe_budget, "reward_calls": self.reward_calls,
-                "decode_calls": self.decode_calls, "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
-                "peak_memory_bytes": self.peak_memory_bytes}
+        d = {"nfe": self.nfe, "nfe_budget": self.nfe_budget, "reward_calls": self.reward_calls,
+             "decode_calls": self.decode_calls, "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
+             "peak_memory_bytes": self.peak_memory_bytes}
+        if self.tokens is not None:
+            d["tokens"] = self.tokens
+        return d
 
 
 def apply_event(stepper: Stepper, x: torch.Tensor | None, event: Event) -> torch.Tensor:
@@ -71,6 +75,8 @@ def apply_event(stepper: Stepper, x: torch.Tensor | None, event: Event) -> torch
     if event.kind == "keep":
         return x
     noise = stepper.sample_noise([derive_seed(event.seed, MUTATION_KEY)])
+    if event.kind in getattr(stepper, "custom_event_kinds", ()):  # a Stepper's own kinds (SegmentStepper: segment)
+        return stepper.apply_custom_event(x, event, noise)
     if event.kind == "vp":
         return vp_mutation(x, noise, event.rate)
     if event.kind == "sigma":
@@ -91,7 +97,7 @@ def apply_event(stepper: Stepper, x: torch.Tensor | None, event: Event) -> torch
 def apply_events(stepper: Stepper, states: torch.Tensor | None, events: Sequence[Event]) -> torch.Tensor:
     """Row-wise :func:`apply_event`: row k of the result is ``events[k]`` applied to row k."""
     rows = [apply_event(stepper, None if states is None else states[k:k + 1], ev) for k, ev in enumerate(events)]
-    return torch.cat(rows)
+    return stepper.concat(rows)
 
 
 def denoise(stepper: Stepper, states: torch.Tensor, segment_seeds: Sequence[int], start: int, end: int,
@@ -143,6 +149,7 @@ class SearchContext:
         self.last_generation: list[Candidate] = []
         self._nfe0 = stepper.nfe
         self._decode0 = stepper.decode_calls
+        self._tokens0 = getattr(stepper, "tokens", None)
         self._t0 = time.perf_counter()
         self._bar = tqdm(total=nfe_budget, unit="nfe", desc="search", disable=not progress, leave=False)
 
@@ -199,7 +206,7 @@ class SearchContext:
         ``lineages[k]``. Returns the states at ``end`` and the states at each step in
         ``archive_at`` (kept on the CPU)."""
         end = self.num_steps if end is None else end
-        n = states.shape[0]
+        n = len(states)  # states may be a tensor or a Stepper's own state object (e.g. a VARState)
         self.check_budget(n * (end - start))
         archive: dict[int, torch.Tensor] = {}
 
@@ -249,6 +256,12 @@ class SearchContext:
         Appends a history entry with ``"preview": True`` plus ``info``; returns rewards (N,)."""
         with self.timed("decode"):
             images = self.stepper.finish(x0_hat)
+        return self.score_partial(images, step, generation, **info)
+
+    def score_partial(self, images: torch.Tensor, step: int, generation: int = 0, **info) -> np.ndarray:
+        """Score already decoded samples that are not final (x0_hat previews, partial videos of
+        Tree-of-Frames): counted as reward calls, recorded in the history with ``"preview": True``,
+        never the best candidate. Returns rewards (N,)."""
         with self.timed("reward"):
             rewards = self.reward(images, self.prompt)
         self.stats.reward_calls += len(rewards)
@@ -264,6 +277,12 @@ class SearchContext:
         """Decode final states, score them, record them; returns rewards (N,)."""
         with self.timed("decode"):
             images = self.stepper.finish(states)
+        return self.record(images, lineages, generation, step)
+
+    def record(self, images: torch.Tensor, lineages: Sequence[Lineage], generation: int = 0,
+               step: int | None = None) -> np.ndarray:
+        """Score already decoded final samples (images (N, 3, H, W) or videos (N, F, 3, H, W)) and
+        record them as candidates; returns rewards (N,)."""
         with self.timed("reward"):
             rewards = self.reward(images, self.prompt)
         self.stats.reward_calls += len(rewards)
@@ -289,6 +308,8 @@ class SearchContext:
         self._bar.close()
         self.stats.nfe = self.nfe
         self.stats.decode_calls = self.stepper.decode_calls - self._decode0
+        if self._tokens0 is not None:
+            self.stats.tokens = self.stepper.tokens - self._tokens0
         self.stats.seconds["total"] = time.perf_counter() - self._t0
         dev = self.stepper.device
         if dev.type == "cuda":

@@ -1,0 +1,342 @@
+"""The bundled "moving digits" segment model: a digit sliding across a 16x16 canvas, made segment by segment.
+
+Data: scikit-learn's ``load_digits`` (8x8, the fixed train split of
+:func:`evosearch.pipelines.digits.digits_split`) pasted on a black 16x16 canvas at a random
+position and moved by a constant velocity in {-1, 0, 1}^2 pixels per frame (not both 0),
+bouncing off the borders (:func:`moving_digit_videos`).
+
+Model: a class-conditional diffusers ``UNet2DModel`` in pixel space whose channels are
+frames: it denoises one segment of ``segment_frames`` (4) frames, with ``context_frames`` (2)
+more input channels holding the last frames of the previous segment (channel
+concatenation) and one flag channel (1 = a continuation, 0 = the first segment, whose
+context channels are zero). Label 10 (:data:`NULL_CLASS_LABEL`) is the unconditional class
+for classifier-free guidance. ``DDIMScheduler`` (v-prediction, DDPM linear betas,
+trailing spacing). Trained by ``scripts/train_moving_digits.py``; weights in
+``evosearch/assets/moving_digits/`` together with a frame classifier (the reward:
+:func:`moving_digits_reward`).
+
+    >>> pipe = load_moving_digits_pipeline()
+    >>> frames = pipe("digit 3", generator=torch.Generator().manual_seed(0)).frames[0]  # 16 PIL frames
+    >>> search = SearchPipeline.from_pipe(pipe, reward=moving_digits_reward(), method=TreeOfFrames())
+
+With evosearch, ``stepper_for(pipe)`` is a :class:`~evosearch.pipelines.segments.SegmentStepper`
+over :class:`MovingDigitsSegments` (``num_inference_steps`` per segment, ``num_segments=``).
+:class:`MovingDigitJudge` (an SVC on the 8x8 window around the digit) is the independent judge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DModel
+from diffusers.utils import BaseOutput
+
+from .base import Request
+from .diffusion import vp_schedule
+from .digits import digits_split, parse_digit
+from .segments import SegmentModel
+
+NULL_CLASS_LABEL = 10
+CANVAS = 16
+DIGIT = 8
+SEGMENT_FRAMES = 4
+CONTEXT_FRAMES = 2
+NUM_SEGMENTS = 4
+
+__all__ = ["MovingDigitsPipeline", "MovingDigitsSegments", "MovingDigitJudge", "load_moving_digits_pipeline",
+           "moving_digits_reward", "moving_digit_videos", "crop_digit", "bundled_moving_digits_path", "make_unet",
+           "make_scheduler", "training_batch"]
+
+
+def bundled_moving_digits_path() -> Path:
+    return Path(__file__).resolve().parent.parent / "assets" / "moving_digits"
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def load_digit_sprites(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """(sprites (N, 8, 8) float32 in [0, 1], labels (N,)) of ``load_digits`` on the fixed split."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    idx = {"all": np.arange(len(d.target)), "train": digits_split()[0], "test": digits_split()[1]}.get(split)
+    if idx is None:
+        raise ValueError(f"split: expected one of 'all', 'train', 'test', got {split!r}")
+    return (d.images[idx] / 16.0).astype(np.float32), d.target[idx].astype(np.int64)
+
+
+def moving_digit_videos(sprites: np.ndarray, num_frames: int, rng: np.random.Generator,
+                        canvas: int = CANVAS) -> np.ndarray:
+    """Videos (N, num_frames, canvas, canvas) in [0, 1]: each sprite at a random start, moving by a random
+    velocity in {-1, 0, 1}^2 (not both 0) per frame and bouncing off the borders."""
+    n, s = sprites.shape[0], sprites.shape[-1]
+    room = canvas - s
+    out = np.zeros((n, num_frames, canvas, canvas), dtype=np.float32)
+    for k in range(n):
+        pos = rng.integers(0, room + 1, size=2)
+        vel = np.zeros(2, dtype=np.int64)
+        while not vel.any():
+            vel = rng.integers(-1, 2, size=2)
+        for f in range(num_frames):
+            y, x = pos
+            out[k, f, y:y + s, x:x + s] = sprites[k]
+            nxt = pos + vel
+            for a in range(2):
+                if not 0 <= nxt[a] <= room:
+                    vel[a] = -vel[a]
+            pos = pos + vel
+    return out
+
+
+def training_batch(sprites: np.ndarray, labels: np.ndarray, batch_size: int, rng: np.random.Generator,
+                   p_first: float = 0.3, segment_frames: int = SEGMENT_FRAMES, context_frames: int = CONTEXT_FRAMES):
+    """One batch (target (B, f, 16, 16) in [-1, 1], context (B, c + 1, 16, 16), labels (B,)): a first segment
+    (zero context, flag 0) with probability ``p_first``, else the f frames after c context frames."""
+    idx = rng.integers(0, len(sprites), size=batch_size)
+    videos = moving_digit_videos(sprites[idx], context_frames + segment_frames, rng) * 2 - 1
+    first = rng.random(batch_size) < p_first
+    target = np.where(first[:, None, None, None], videos[:, :segment_frames], videos[:, context_frames:])
+    ctx = np.where(first[:, None, None, None], 0.0, videos[:, :context_frames])
+    flag = np.broadcast_to((~first).astype(np.float32)[:, None, None, None], (batch_size, 1, CANVAS, CANVAS))
+    context = np.concatenate([ctx, flag], axis=1).astype(np.float32)
+    return torch.from_numpy(target.astype(np.float32)), torch.from_numpy(context), torch.from_numpy(labels[idx])
+
+
+def crop_digit(frames: torch.Tensor, size: int = DIGIT, center: tuple[float, float] = (3.5, 3.5)) -> torch.Tensor:
+    """(M, C, H, W) in [0, 1] -> (M, 1, size, size): the window placing the frame's centre of mass (grayscale
+    ink) at ``center`` of the window, as in the 8x8 sprites (whose mean centre of mass is about (3.5, 3.5))."""
+    x = frames.float().mean(dim=1, keepdim=True) if frames.shape[1] != 1 else frames.float()
+    x = x.clamp(0, 1)
+    m, _, h, w = x.shape
+    mass = x.sum(dim=(1, 2, 3)).clamp_min(1e-6)
+    cy = (x.sum(dim=(1, 3)) * torch.arange(h, dtype=x.dtype)).sum(-1) / mass
+    cx = (x.sum(dim=(1, 2)) * torch.arange(w, dtype=x.dtype)).sum(-1) / mass
+    ys = (cy - center[0]).round().clamp(0, h - size).long().tolist()
+    xs = (cx - center[1]).round().clamp(0, w - size).long().tolist()
+    return torch.stack([x[k, :, y:y + size, xx:xx + size] for k, (y, xx) in enumerate(zip(ys, xs))])
+
+
+# ---------------------------------------------------------------------------- model
+
+
+def make_unet(segment_frames: int = SEGMENT_FRAMES, context_frames: int = CONTEXT_FRAMES) -> UNet2DModel:
+    return UNet2DModel(
+        sample_size=CANVAS, in_channels=segment_frames + context_frames + 1, out_channels=segment_frames,
+        layers_per_block=1, block_out_channels=(16, 32, 32), down_block_types=("DownBlock2D",) * 3,
+        up_block_types=("UpBlock2D",) * 3, norm_num_groups=8, num_class_embeds=NULL_CLASS_LABEL + 1)
+
+
+def make_scheduler() -> DDIMScheduler:
+    # v-prediction: at the noisiest steps x0 = -v is predicted directly (an epsilon model would have to
+    # predict eps to ~0.5% there to get x0 right, which a briefly trained small model does not)
+    return DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                         prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=True,
+                         timestep_spacing="trailing")
+
+
+@dataclass
+class MovingDigitsOutput(BaseOutput):
+    """``frames``: one list of PIL frames per video ("pil"), or an array (N, F, H, W, 1) ("np") / a tensor
+    (N, F, 1, H, W) ("pt") in [0, 1]."""
+
+    frames: object
+
+
+class MovingDigitsPipeline(DiffusionPipeline):
+    """Segment-by-segment DDIM sampling of moving-digit videos (see the module docstring)."""
+
+    stepper_family = "segments"
+    default_num_inference_steps: int = 20
+    default_guidance_scale: float = 1.0
+    null_class_label: int = NULL_CLASS_LABEL
+    model_cpu_offload_seq = "unet"
+
+    def __init__(self, unet: UNet2DModel, scheduler: DDIMScheduler, segment_frames: int = SEGMENT_FRAMES,
+                 context_frames: int = CONTEXT_FRAMES, num_segments: int = NUM_SEGMENTS):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_to_config(segment_frames=segment_frames, context_frames=context_frames,
+                                num_segments=num_segments)
+
+    parse_digit = staticmethod(parse_digit)
+
+    def segment_model(self) -> "MovingDigitsSegments":
+        return MovingDigitsSegments(self)
+
+    def context_from(self, previous: torch.Tensor | None, n: int) -> torch.Tensor:
+        """Context channels (n, c + 1, H, W) from the previous segment (n, f, H, W) in [-1, 1], or None (first)."""
+        c, size = self.config.context_frames, self.unet.config.sample_size
+        if previous is None:
+            return torch.zeros(n, c + 1, size, size, device=self.unet.device, dtype=self.unet.dtype)
+        last = previous[:, -c:].clamp(-1, 1)
+        return torch.cat([last, torch.ones_like(last[:, :1])], dim=1).to(self.unet.dtype)
+
+    def predict_noise(self, x: torch.Tensor, t, context: torch.Tensor, label: int, guidance_scale: float = 1.0):
+        """Guided model output (the scheduler's ``prediction_type``: v or epsilon) for segments x (n, f, H, W)
+        with context (n, c + 1, H, W)."""
+        n = x.shape[0]
+        t = torch.as_tensor(t, device=x.device).reshape(-1).expand(n)
+        inp = torch.cat([x, context.to(x.dtype)], dim=1).to(self.unet.dtype)
+        labels = torch.full((n,), int(label), dtype=torch.long, device=x.device)
+        if guidance_scale == 1.0:
+            return self.unet(inp, t, class_labels=labels).sample.to(x.dtype)
+        null = torch.full_like(labels, self.null_class_label)
+        eps = self.unet(torch.cat([inp, inp]), torch.cat([t, t]), class_labels=torch.cat([null, labels])).sample
+        u, c = eps.to(x.dtype).chunk(2)
+        return u + guidance_scale * (c - u)
+
+    @torch.no_grad()
+    def __call__(self, prompt, num_videos: int = 1, num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None, num_segments: int | None = None, eta: float = 0.0,
+                 generator: torch.Generator | None = None, output_type: str = "pil", return_dict: bool = True):
+        label = parse_digit(prompt)
+        steps = num_inference_steps or self.default_num_inference_steps
+        g = self.default_guidance_scale if guidance_scale is None else float(guidance_scale)
+        S = num_segments or self.config.num_segments
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"output_type: expected one of 'pil', 'np', 'pt', got {output_type!r}")
+        f, size = self.config.segment_frames, self.unet.config.sample_size
+        device = self.unet.device
+        segments, previous = [], None
+        for _ in range(S):
+            x = torch.randn((num_videos, f, size, size), generator=generator).to(device)
+            context = self.context_from(previous, num_videos)
+            self.scheduler.set_timesteps(steps, device=device)
+            for t in self.scheduler.timesteps:
+                eps = self.predict_noise(x, t, context, label, g)
+                x = self.scheduler.step(eps, t, x, eta=eta, generator=generator).prev_sample
+            segments.append(x)
+            previous = x
+        video = (torch.cat(segments, dim=1)[:, :, None] / 2 + 0.5).clamp(0, 1).cpu()  # (N, F, 1, H, W)
+        if output_type == "pt":
+            frames = video
+        elif output_type == "np":
+            frames = video.permute(0, 1, 3, 4, 2).numpy()
+        else:
+            frames = [self.numpy_to_pil(v.permute(0, 2, 3, 1).numpy()) for v in video]
+        return MovingDigitsOutput(frames=frames) if return_dict else (frames,)
+
+
+class MovingDigitsSegments(SegmentModel):
+    """The SegmentModel of :class:`MovingDigitsPipeline`: segment latents are the segment's frames
+    (f, 16, 16) in [-1, 1]; the VP schedule (vp_schedule) and v/epsilon -> (x0, eps) are DiffusionStepper's."""
+
+    context_segments = 1
+
+    def __init__(self, pipe: MovingDigitsPipeline):
+        self.pipe = pipe
+
+    @property
+    def denoiser(self):
+        return self.pipe.unet
+
+    @property
+    def default_num_inference_steps(self) -> int:
+        return self.pipe.default_num_inference_steps
+
+    @property
+    def default_guidance_scale(self) -> float:
+        return self.pipe.default_guidance_scale
+
+    @property
+    def default_num_segments(self) -> int:
+        return int(self.pipe.config.num_segments)
+
+    def prepare(self, request: Request, eta: float) -> None:
+        size = self.pipe.unet.config.sample_size
+        if (request.height or size) != size or (request.width or size) != size:
+            raise ValueError(f"height/width: this model draws {size}x{size} frames only")
+        request.height = request.width = size
+        self.label = parse_digit(request.prompt)
+        self.guidance = request.guidance_scale
+        schedule, ddim = vp_schedule(self.pipe.scheduler.config, request.num_inference_steps, eta, self.pipe.device)
+        self.prediction_type = ddim.config.prediction_type
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"scheduler: prediction_type {self.prediction_type!r} is not supported "
+                             "(allowed: epsilon, v_prediction)")
+        self.num_segments = int(request.extra["num_segments"])
+        self.schedules = [schedule] * self.num_segments
+        self.segment_shape = (self.pipe.config.segment_frames, size, size)
+
+    def context(self, prefix: torch.Tensor):
+        previous = prefix[:, -1] if prefix.shape[1] else None
+        return self.pipe.context_from(previous, prefix.shape[0])
+
+    def predict(self, x: torch.Tensor, d: int, j: int, context):
+        sched = self.schedules[d]
+        out = self.pipe.predict_noise(x, sched.timesteps[j], context, self.label, self.guidance)
+        a, s = float(sched.a[j]), float(sched.s[j])
+        if self.prediction_type == "v_prediction":  # as DiffusionStepper
+            return a * x - s * out, s * x + a * out
+        return (x - s * out) / a, out
+
+    def decode(self, segments: torch.Tensor) -> torch.Tensor:
+        n, d, f, h, w = segments.shape
+        return (segments.reshape(n, d * f, 1, h, w).float() / 2 + 0.5).clamp(0, 1)
+
+
+def load_moving_digits_pipeline(device: str | torch.device = "cpu",
+                                path: str | Path | None = None) -> MovingDigitsPipeline:
+    """The bundled moving-digits pipeline (or one saved at ``path``), on ``device``."""
+    path = Path(path) if path is not None else bundled_moving_digits_path()
+    if not (path / "model_index.json").is_file():
+        raise FileNotFoundError(f"path: no moving-digits pipeline at {path} (expected model_index.json); "
+                                "run scripts/train_moving_digits.py")
+    pipe = MovingDigitsPipeline.from_pretrained(str(path))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def moving_digits_reward(path: str | Path | None = None, kind: str = "logprob", aggregate: str = "mean"):
+    """The bundled frame classifier's log p(digit) (or p), aggregated over frames (a FrameReward)."""
+    from ..rewards.digits import DigitClassifierReward
+    from ..rewards.video import FrameReward
+
+    path = Path(path) if path is not None else bundled_moving_digits_path() / "classifier"
+    return FrameReward(DigitClassifierReward(path=path, kind=kind), aggregate=aggregate)
+
+
+class MovingDigitJudge:
+    """Independent judge: a scikit-learn SVC (RBF, gamma=0.001, C=10, as :class:`evosearch.judge.DigitJudge`)
+    fitted on the 8x8 sprites of the fixed train split and their 1-pixel shifts, applied to the 8x8 window
+    around each frame's centre of mass (:func:`crop_digit`); 98.8% of held-out clean frames are read
+    correctly. It shares no weights, resolution or training code with the reward (a CNN on 16x16 canvases).
+    ``frame_accuracy``: fraction of frames read as the target; ``video_accuracy``: fraction of videos whose
+    every frame is read as the target."""
+
+    SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
+
+    def __init__(self, gamma: float = 0.001, C: float = 10.0):
+        from sklearn.svm import SVC
+
+        sprites, labels = load_digit_sprites("train")
+        X = []
+        for dy, dx in self.SHIFTS:
+            shifted = np.zeros_like(sprites)
+            src = sprites[:, max(0, -dy):DIGIT - max(0, dy), max(0, -dx):DIGIT - max(0, dx)]
+            shifted[:, max(0, dy):DIGIT - max(0, -dy), max(0, dx):DIGIT - max(0, -dx)] = src
+            X.append(shifted.reshape(len(sprites), -1) * 16.0)
+        self.svc = SVC(gamma=gamma, C=C).fit(np.concatenate(X), np.tile(labels, len(self.SHIFTS)))
+
+    def predict_frames(self, frames: torch.Tensor) -> np.ndarray:
+        """(M, C, H, W) frames in [0, 1] -> (M,) digits seen."""
+        crops = crop_digit(frames)
+        return self.svc.predict(crops.reshape(crops.shape[0], -1).double().numpy() * 16.0).astype(np.int64)
+
+    def predict(self, videos) -> np.ndarray:
+        """(N, F) digits seen in each frame of each video."""
+        from ..rewards.base import to_tensor_videos
+
+        v = to_tensor_videos(videos)
+        n, f = v.shape[:2]
+        return self.predict_frames(v.flatten(0, 1)).reshape(n, f)
+
+    def frame_accuracy(self, videos, target) -> float:
+        return float((self.predict(videos) == parse_digit(target)).mean())
+
+    def video_accuracy(self, videos, target) -> float:
+        return float((self.predict(videos) == parse_digit(target)).all(axis=1).mean())
