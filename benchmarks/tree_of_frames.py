@@ -6,8 +6,8 @@ segment with median pruning (roots R, branch factor 2 at every depth: exactly R 
 videos' worth of NFE, R * segments * steps). The reward (the search's verifier) is the
 bundled frame classifier's log p(digit) averaged over frames; the independent judge is an
 SVC on the 8x8 window around the digit in every frame (never used for search): the
-fraction of frames it reads as the requested digit, and the fraction of videos whose every
-frame it reads so. Temporal consistency (pixel correlation of consecutive frames) of the
+fraction of frames it reads as the requested digit, and the fraction of videos with at
+least 3/4 of their frames read so. Temporal consistency (pixel correlation of consecutive frames) of the
 winners is reported too. Also reported: how many NFE Tree-of-Frames needs to reach
 best-of-N's mean reward (log-linear interpolation between tree sizes); Video-T1 reports
 about 3x less than linear search.
@@ -44,13 +44,13 @@ def run(search, method, seeds, steps, segments, judge, consistency):
         video = out.best.video[None]
         rewards.append(out.best.reward)
         frame_acc.append(judge.frame_accuracy(video, digit))
-        video_acc.append(judge.video_accuracy(video, digit))
+        video_acc.append(judge.video_accuracy(video, digit, min_fraction=0.75))
         temporal.append(float(consistency(video)[0]))
         nfe.append(out.stats.nfe)
         calls.append(out.stats.reward_calls)
     r = np.array(rewards)
     return {"mean_reward": float(r.mean()), "sem_reward": float(r.std(ddof=1) / math.sqrt(len(r))),
-            "judge_frame_accuracy": float(np.mean(frame_acc)), "judge_video_accuracy": float(np.mean(video_acc)),
+            "judge_frame_accuracy": float(np.mean(frame_acc)), "judge_video_accuracy_3_4": float(np.mean(video_acc)),
             "temporal_consistency": float(np.mean(temporal)), "nfe": float(np.mean(nfe)),
             "reward_calls": float(np.mean(calls)), "seconds": float(np.mean(seconds)), "rewards": rewards}
 
@@ -97,14 +97,14 @@ def main():
         results[name] = {"config": method.config(), **run(search, method, seeds, T, S, judge, consistency)}
         print(f"  {name:30s} done in {time.perf_counter() - t:.1f}s", flush=True)
 
-    header = (f"{'method':30s} {'NFE':>6s} {'reward':>15s} {'judge frames':>12s} {'judge videos':>12s} "
+    header = (f"{'method':30s} {'NFE':>6s} {'reward':>15s} {'judge frames':>12s} {'videos >=3/4':>12s} "
               f"{'temporal':>8s} {'calls':>6s} {'s/run':>6s}")
     print(f"\nmoving digits, {S} segments x {T} steps, {len(seeds)} runs per method")
     print(header)
     print("-" * len(header))
     for name, r in results.items():
         print(f"{name:30s} {r['nfe']:6.0f} {r['mean_reward']:8.3f} ±{r['sem_reward']:5.3f} "
-              f"{r['judge_frame_accuracy']:12.3f} {r['judge_video_accuracy']:12.3f} {r['temporal_consistency']:8.3f} "
+              f"{r['judge_frame_accuracy']:12.3f} {r['judge_video_accuracy_3_4']:12.3f} {r['temporal_consistency']:8.3f} "
               f"{r['reward_calls']:6.0f} {r['seconds']:6.2f}")
 
     tree = sorted((r["nfe"], r["mean_reward"]) for n, r in results.items() if n.startswith("tree-of-frames R="))
@@ -116,10 +116,12 @@ def main():
         ratio = None if need is None else r["nfe"] / need
         matches[f"best-of-{n}"] = {"best_of_n_nfe": r["nfe"], "best_of_n_reward": r["mean_reward"],
                                    "tree_nfe_needed": need, "compute_ratio": ratio,
-                                   "note": None if need is None else (
-                                       "at most (the smallest tree already matches)" if need == tree[0][0] else None)}
+                                   "note": None if need is None or need != tree[0][0] else
+                                   "an upper bound: the smallest tree already matches"}
+        at_most = need is not None and need == tree[0][0]
         text = ("not reached by the largest tree" if need is None
-                else f"{need:7.0f} NFE  (best-of-N NFE / tree NFE = {ratio:.2f})")
+                else f"{'<=' if at_most else '  '}{need:5.0f} NFE  (best-of-N NFE / tree NFE = "
+                     f"{'>=' if at_most else ''}{ratio:.2f})")
         print(f"  best-of-{n:<3d} ({r['nfe']:6.0f} NFE, reward {r['mean_reward']:.3f}): {text}")
     record = {"settings": {"segments": S, "steps_per_segment": T, "seeds": seeds, "guidance_scale":
                            pipe.default_guidance_scale, "eta": search.stepper.eta, "reward": repr(search.reward),

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train the bundled "moving digits" segment model into evosearch/assets/moving_digits/.
 
-    python scripts/train_moving_digits.py            # ~5 minutes on one CPU core
+    python scripts/train_moving_digits.py            # ~5-7 minutes on one CPU core (7.4 min on a busy one)
 
 Writes
   - a MovingDigitsPipeline (diffusers UNet2DModel over segment frames + context channels,

@@ -151,7 +151,7 @@ class MovingDigitsPipeline(DiffusionPipeline):
 
     stepper_family = "segments"
     default_num_inference_steps: int = 20
-    default_guidance_scale: float = 1.0
+    default_guidance_scale: float = 2.0  # classifier-free guidance: readable digits twice as often as 1.0
     null_class_label: int = NULL_CLASS_LABEL
     model_cpu_offload_seq = "unet"
 
@@ -305,8 +305,8 @@ class MovingDigitJudge:
     fitted on the 8x8 sprites of the fixed train split and their 1-pixel shifts, applied to the 8x8 window
     around each frame's centre of mass (:func:`crop_digit`); 98.8% of held-out clean frames are read
     correctly. It shares no weights, resolution or training code with the reward (a CNN on 16x16 canvases).
-    ``frame_accuracy``: fraction of frames read as the target; ``video_accuracy``: fraction of videos whose
-    every frame is read as the target."""
+    ``frame_accuracy``: fraction of frames read as the target; ``video_accuracy``: fraction of videos with at
+    least ``min_fraction`` of their frames read as the target (default 1.0: every frame)."""
 
     SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
 
@@ -338,5 +338,6 @@ class MovingDigitJudge:
     def frame_accuracy(self, videos, target) -> float:
         return float((self.predict(videos) == parse_digit(target)).mean())
 
-    def video_accuracy(self, videos, target) -> float:
-        return float((self.predict(videos) == parse_digit(target)).all(axis=1).mean())
+    def video_accuracy(self, videos, target, min_fraction: float = 1.0) -> float:
+        hits = (self.predict(videos) == parse_digit(target)).mean(axis=1)
+        return float((hits >= min_fraction - 1e-9).mean())
