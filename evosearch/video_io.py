@@ -13,13 +13,14 @@ written atomically.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
+
+from .io import atomic_path
 
 __all__ = ["export_video", "has_ffmpeg", "frames_to_uint8", "VIDEO_FORMATS"]
 
@@ -94,10 +95,7 @@ def export_video(frames: Sequence[Image.Image] | torch.Tensor | np.ndarray, path
     if fmt == "mp4" and not has_ffmpeg():
         fmt, path = "gif", path.with_suffix(".gif")
     arr = _enlarge(frames_to_uint8(frames), min_size, 16 if fmt == "mp4" else 1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".{fmt}")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=f".{fmt}") as tmp:
         if fmt == "mp4":
             with imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=8,
                                     macro_block_size=16, ffmpeg_log_level="error") as w:
@@ -105,9 +103,4 @@ def export_video(frames: Sequence[Image.Image] | torch.Tensor | np.ndarray, path
                     w.append_data(frame)
         else:
             imageio.mimsave(tmp, list(arr), format="GIF", duration=1000.0 / fps, loop=loop)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
