@@ -94,9 +94,11 @@ def make_unet() -> UNet2DModel:
 def make_scheduler() -> DDIMScheduler:
     # Standard DDPM linear schedule; "trailing" spacing starts sampling at t=999 (pure noise).
     # clip_sample=True (the DDIMScheduler default for pixel-space models): x0-predictions are
-    # clamped to [-1, 1]. Without it, early-step errors of this briefly trained model are
-    # amplified by 1/sqrt(alphabar_t) (~150 at t=999) and about a third of the samples
-    # diverge into saturated noise. Steppers built on this scheduler must clamp x0 too.
+    # clamped to [-1, 1], and DigitsPipeline steps with use_clipped_model_output=True (eps
+    # re-derived from the clamped x0). Without the clamp, early-step errors of this briefly
+    # trained model are amplified by 1/sqrt(alphabar_t) (~150 at t=999) and about a quarter
+    # of the deterministic samples diverge into saturated noise. Steppers built on this
+    # scheduler must clamp x0 (and re-derive eps from it) too.
     return DDIMScheduler(
         num_train_timesteps=1000,
         beta_schedule="linear",
@@ -267,6 +269,9 @@ def main(argv=None):
     pipe = DigitsPipeline(unet=unet, scheduler=scheduler)
     pipe.save_pretrained(str(out), safe_serialization=True)
     save_digit_classifier(clf, out / "classifier", extra=dict(heldout_accuracy=round(clf_info["heldout_accuracy"], 4), trained_by="scripts/train_digits.py"))
+    for f in out.rglob("*"):  # safetensors writes 0600 files; assets ship in the wheel, readable by all
+        if f.is_file():
+            f.chmod(0o644)
 
     # reload exactly what users get, then measure
     from evosearch.pipelines.digits import load_digits_pipeline

@@ -213,3 +213,19 @@ def test_judge_and_pipeline_end_to_end(pipe, judge):
     images = pipe("digit 0", num_images_per_prompt=8, num_inference_steps=10, guidance_scale=3.0, generator=g, output_type="pt").images
     # a guided sample of an easy digit is read as that digit most of the time
     assert judge.accuracy(images, 0) >= 0.5
+
+
+@needs_assets
+def test_plain_sampling_hits_target_only_part_of_the_time(pipe, judge):
+    """The bundled model leaves room for search: default sampling hits the digit part of the time, CFG more."""
+    prompts = [str(d) for d in range(10)]
+    targets = np.repeat(np.arange(10), 8)
+
+    def hit_rate(g):
+        gen = torch.Generator().manual_seed(123)
+        x = pipe(prompts, num_images_per_prompt=8, num_inference_steps=10, guidance_scale=g, generator=gen, output_type="pt").images
+        return judge.accuracy(x, targets)
+
+    plain, guided = hit_rate(DigitsPipeline.default_guidance_scale), hit_rate(4.0)
+    assert 0.25 <= plain <= 0.85, plain
+    assert guided >= plain + 0.15, (plain, guided)

@@ -1,13 +1,19 @@
 """The bundled "digits" generator: a small class-conditional pixel-space diffusion model.
 
-It is a real diffusers ``UNet2DModel`` (1 channel, 16x16, ``num_class_embeds=11``)
-with a ``DDIMScheduler``, trained by ``scripts/train_digits.py`` on scikit-learn's
-``load_digits`` (upsampled from 8x8 to 16x16, scaled to [-1, 1]). Class labels 0-9
-are the digits; label 10 (:data:`NULL_CLASS_LABEL`) is the "no digit" class that
-classifier-free guidance uses for the unconditional pass.
+It is a real diffusers ``UNet2DModel`` (1 channel, 16x16, ``num_class_embeds=11``,
+1.1M parameters, epsilon prediction) with a ``DDIMScheduler`` (1000 train steps, linear
+betas 1e-4..0.02, "trailing" spacing, ``clip_sample=True``), trained by
+``scripts/train_digits.py`` on scikit-learn's ``load_digits`` (upsampled from 8x8 to
+16x16, scaled to [-1, 1]). Class labels 0-9 are the digits; label 10
+(:data:`NULL_CLASS_LABEL`) is the "no digit" class that classifier-free guidance uses
+for the unconditional pass.
 
-The model is deliberately modest: with the default settings the plain sampler draws
-the requested digit only part of the time, so test-time search has something to do.
+The model is weakly conditioned on purpose (its label was dropped to the null class
+85% of the time in a short training run): it draws well-formed digits, but with the
+default settings (25 DDIM steps, eta=0, guidance_scale=1.0) the requested digit only
+about half of the time by the independent judge (:class:`evosearch.judge.DigitJudge`),
+about two thirds with eta=1; guidance 2.0 gives ~0.85, 4.0 ~0.98. So test-time search
+has something to do. ``assets/digits/training_summary.json`` holds the measured table.
 
     >>> pipe = load_digits_pipeline()
     >>> out = pipe("digit 3", num_images_per_prompt=4, generator=torch.Generator().manual_seed(0))
@@ -134,6 +140,13 @@ class DigitsPipeline(DiffusionPipeline):
     default_num_inference_steps: int = 25
     default_guidance_scale: float = 1.0
     null_class_label: int = NULL_CLASS_LABEL
+    # The scheduler clamps x0-predictions to [-1, 1] (clip_sample=True); the DDIM step then
+    # uses the noise direction re-derived from the clamped x0, eps = (x_t - sqrt(ab_t) x0) / sqrt(1 - ab_t),
+    # so each step is the generalised DDIM step of the denoiser x0 = clamp(x0_raw, -1, 1).
+    # Without the clamp a quarter of the deterministic (eta=0) samples of this briefly trained
+    # model diverge into saturated noise; clamping without re-deriving eps makes eta=0 sampling
+    # degrade as the number of steps grows (hit rate 0.56 at 25 steps, 0.27 at 100).
+    use_clipped_model_output: bool = True
 
     def __init__(self, unet: UNet2DModel, scheduler: DDIMScheduler):
         super().__init__()
@@ -205,7 +218,9 @@ class DigitsPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(steps, device=device)
         for t in self.progress_bar(self.scheduler.timesteps):
             eps = self.predict_noise(sample, t, labels, g)
-            sample = self.scheduler.step(eps, t, sample, eta=eta, generator=generator).prev_sample
+            sample = self.scheduler.step(
+                eps, t, sample, eta=eta, generator=generator, use_clipped_model_output=self.use_clipped_model_output
+            ).prev_sample
 
         image = (sample / 2 + 0.5).clamp(0, 1)
         if output_type == "pt":
