@@ -89,6 +89,19 @@ def broadcast_prompts(prompts: str | Sequence[str] | None, n: int) -> list[str]:
     return prompts
 
 
+def read_checkpoint(path: str, param: str) -> dict:
+    """A torch (.pt/.pth/.bin) or safetensors checkpoint, loaded on the CPU without unpickling
+    code; a file that is neither raises ValueError naming ``param``."""
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(path, device="cpu")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{param}: could not read {path} as a torch or safetensors checkpoint: {e}") from e
+
+
 class Reward:
     """Base class. Subclasses implement :meth:`score`.
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Reward
+from .base import Reward, read_checkpoint
 
 __all__ = [
     "AESTHETIC_HUB_FILENAME",
@@ -364,15 +364,7 @@ def load_aesthetic_mlp(path: str | os.PathLike) -> AestheticMLP:
     path = os.path.expanduser(os.fspath(path))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"mlp_path: aesthetic MLP checkpoint not found: {path}")
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            sd = load_file(path, device="cpu")
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"mlp_path: could not read {path} as a torch or safetensors checkpoint: {e}") from e
+    sd = read_checkpoint(path, "mlp_path")
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):

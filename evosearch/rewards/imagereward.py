@@ -46,7 +46,7 @@ from typing import Sequence
 
 import torch
 
-from .base import Reward
+from .base import Reward, read_checkpoint
 from .clip import AestheticMLP, _check_batch_size, _resolve_device
 from .pickscore import TensorImagePreprocess, _from_pretrained
 
@@ -94,15 +94,7 @@ _MED_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_he
 
 
 def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            sd = load_file(path, device="cpu")
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"checkpoint: could not read {path} as a torch or safetensors checkpoint: {e}") from e
+    sd = read_checkpoint(path, "checkpoint")
     for wrapper in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict) and not any(k.startswith(_VIS) for k in sd):
             sd = sd[wrapper]
