@@ -285,6 +285,9 @@ class CLIPScore(Reward):
     least recently used evicted), so scoring many candidates for one prompt encodes it once.
     """
 
+    #: the cosine similarity is multiplied by this (CLIPScore's usual 100)
+    score_scale: float = 100.0
+
     name = "clip_score"
     text_cache_size = 4096
 
@@ -324,7 +327,7 @@ class CLIPScore(Reward):
         scores = []
         for i in range(0, images.shape[0], self.batch_size):
             img = self.clip.encode_images(images[i:i + self.batch_size])
-            scores.append(100.0 * (img * text[i:i + img.shape[0]]).sum(-1))
+            scores.append(self.score_scale * (img * text[i:i + img.shape[0]]).sum(-1))
         return torch.cat(scores).float().cpu()
 
     def __repr__(self) -> str:

@@ -19,7 +19,6 @@ import copy
 import os
 from collections import OrderedDict
 
-import torch
 
 from .clip import CLIPScore, _check_batch_size, load_clip
 
@@ -48,6 +47,8 @@ class HPSv2(CLIPScore):
         version: ``"v2.0"`` or ``"v2.1"``; only chooses the file to download.
         batch_size: images (and new prompts) per forward pass.
     """
+
+    score_scale = 1.0  # HPSv2 reports the raw cosine (img @ txt.T diagonal), no x100
 
     name = "hpsv2"
 
@@ -85,14 +86,6 @@ class HPSv2(CLIPScore):
         self.model_name, self.pretrained, self.checkpoint, self.version = model_name, path, path, version
         self._text_cache = OrderedDict()
 
-    @torch.no_grad()
-    def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        text = self.text_embeddings(prompts)
-        scores = []
-        for i in range(0, images.shape[0], self.batch_size):
-            img = self.clip.encode_images(images[i:i + self.batch_size])
-            scores.append((img * text[i:i + img.shape[0]]).sum(-1))
-        return torch.cat(scores).float().cpu()
 
     def __repr__(self) -> str:
         return (f"HPSv2(checkpoint={self.checkpoint!r}, model_name={self.model_name!r}, version={self.version!r}, "
