@@ -1,4 +1,4 @@
-"""SearchPipeline: a diffusers pipeline + a reward + a search method."""
+"""SearchPipeline: a diffusers pipeline + a reward + a search method (+ a judge)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .pipelines import stepper_for
+from .core.lineage import Lineage, replay
+from .core.records import SearchStats
+from .core.stepper import check_capabilities
+from .core.validation import ParameterError, check_choice, check_int, describe
+from .judging import JudgeReport, as_judge, judge_output
 from .rewards.base import as_reward
-from .search import BestOfN, SearchContext, SearchInterrupted, SearchStats
-from .search.context import replay_lineage
-from .search.lineage import Lineage
+from .search.context import EarlyStop, SearchInterrupted, SearchStopped
+from .search.engine import SearchRun
+from .search.method import SearchMethod
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 
@@ -57,31 +61,58 @@ class BestCandidate:
 @dataclass
 class SearchPipelineOutput:
     """``images``/``rewards``: the final population, best first (the best-ever candidate on
-    top even when an earlier generation found it); ``best``; ``stats``; ``history`` (one
-    entry per scored generation or wave); ``complete`` is False after an interrupt.
+    top even when an earlier generation found it); ``best``; ``stats`` (``stats.stopped`` says
+    why a search ended early); ``history`` (one :class:`~evosearch.core.HistoryEntry` per scored
+    generation or wave); ``complete`` is False after an interrupt or error; ``judge`` the held-out
+    judge's report (``{"best", "plain", "population"}``, None without a judge); ``warnings``
+    (e.g. "reward hacking suspected: ..."); ``plain``: plain samples of the first generation
+    (unselected, so they cost no extra NFE), in the output type.
 
     Video models: ``videos`` holds the population's videos in the same order — for
     ``output_type="pil"`` one list of PIL frames per video, for ``"np"`` an array
     (N, F, H, W, 3), for ``"pt"`` a tensor (N, F, 3, H, W) — and ``images`` each video's
-    first frame (a poster image, so image-only consumers keep working). ``videos`` is None
-    for image models."""
+    first frame. ``videos`` is None for image models."""
 
     images: Any
     rewards: list[float]
     best: BestCandidate | None
     stats: SearchStats
-    history: list[dict]
+    history: list
     complete: bool = True
     settings: dict = field(default_factory=dict)
     videos: Any = None
+    judge: dict | None = None
+    warnings: list[str] = field(default_factory=list)
+    plain: Any = None
+    plain_rewards: list[float] = field(default_factory=list)
 
     def to_record(self) -> dict:
         """A JSON-serialisable record (no images)."""
         return {"best_reward": None if self.best is None else self.best.reward, "complete": self.complete,
                 "settings": self.settings, "stats": self.stats.to_dict(),
                 "lineage": None if self.best is None else self.best.lineage.to_dict(),
-                "rewards": self.rewards,
-                "history": [{k: v for k, v in h.items() if k != "images"} for h in self.history]}
+                "rewards": self.rewards, "plain_rewards": self.plain_rewards, "judge": self.judge,
+                "warnings": self.warnings, "history": [h.to_dict() for h in self.history]}
+
+
+def check_method(method, name: str = "method") -> SearchMethod:
+    if isinstance(method, type) and issubclass(method, SearchMethod):
+        raise ParameterError(f"{name}: pass an instance such as {method.__name__}(), not the class {method.__name__}")
+    if not isinstance(method, SearchMethod):
+        raise ParameterError(f"{name}: expected a search method such as EvoSearch(...) or BestOfN(...), "
+                             f"got {describe(method)}")
+    return method
+
+
+def check_prompt(stepper, prompt) -> None:
+    """Before any compute: the model's own prompt check where it has one, else a string (anything
+    for unconditional models, which ignore it)."""
+    own = getattr(stepper.pipe, "check_prompt", None)
+    if callable(own):
+        own(prompt)
+    elif getattr(stepper, "kind", None) != "unconditional" and not isinstance(prompt, str):
+        raise ParameterError(f"prompt: must be a string (or a list of strings with a list of seeds), "
+                             f"got {describe(prompt)}")
 
 
 class SearchPipeline:
@@ -91,31 +122,41 @@ class SearchPipeline:
     >>> out = search("a cat", seed=0, num_inference_steps=50, nfe_budget=2000)
     """
 
-    def __init__(self, pipe, reward, method=None, max_batch_size: int = 16, eta: float = 1.0, *, stepper=None):
+    def __init__(self, pipe, reward, method=None, max_batch_size: int = 16, eta: float = 1.0, *, stepper=None,
+                 judge=None, early_stop: EarlyStop | None = None):
+        from .pipelines import stepper_for  # the families import diffusers: only once a model is wrapped
+        from .search.best_of_n import BestOfN
+
         self.pipe = pipe
         self.reward = as_reward(reward)
-        self.method = method if method is not None else BestOfN(n=4)
-        if not hasattr(self.method, "run"):
-            raise TypeError(f"method: expected a search method such as EvoSearch(...) or BestOfN(...), "
-                            f"got {type(method).__name__}")
+        self.method = check_method(method) if method is not None else BestOfN(n=4)
+        if early_stop is not None and not isinstance(early_stop, EarlyStop):
+            raise ParameterError(f"early_stop: expected EarlyStop(...) or None, got {describe(early_stop)}")
+        self.early_stop = early_stop
         # a ready Stepper (from_stepper) brings its own max_batch_size and eta
         self.stepper = stepper if stepper is not None else stepper_for(pipe, max_batch_size=max_batch_size, eta=eta)
+        self.judge = as_judge(judge, pipe)
         self._lock = threading.Lock()
 
     @classmethod
-    def from_pipe(cls, pipe, reward, method=None, max_batch_size: int = 16, eta: float = 1.0) -> "SearchPipeline":
+    def from_pipe(cls, pipe, reward, method=None, max_batch_size: int = 16, eta: float = 1.0, judge=None,
+                  early_stop: EarlyStop | None = None) -> "SearchPipeline":
         """Wrap an existing diffusers pipeline object (its modules are shared, not copied).
 
-        ``eta`` is the sampler's noise level in [0, 1] (1: ancestral; EvoSearch needs > 0)."""
-        return cls(pipe, reward=reward, method=method, max_batch_size=max_batch_size, eta=eta)
+        ``eta`` is the sampler's noise level in [0, 1] (1: ancestral; EvoSearch needs > 0).
+        ``judge``: a held-out judge, a callable ``(images, prompts) -> [{"correct", "valid", ...}]`` or
+        a Reward; None = the bundled world's own judge when the pipeline has one; False = none."""
+        return cls(pipe, reward=reward, method=method, max_batch_size=max_batch_size, eta=eta, judge=judge,
+                   early_stop=early_stop)
 
     @classmethod
-    def from_stepper(cls, stepper, reward, method=None) -> "SearchPipeline":
+    def from_stepper(cls, stepper, reward, method=None, judge=None, early_stop=None) -> "SearchPipeline":
         """Wrap a ready Stepper (e.g. :class:`~evosearch.pipelines.kdiffusion.KDiffusionStepper` over
         ComfyUI's model call); its ``max_batch_size`` and ``eta`` apply."""
         if not all(hasattr(stepper, a) for a in ("prepare", "start", "step", "finish", "noise_scale")):
-            raise TypeError(f"stepper: expected an evosearch Stepper, got {type(stepper).__name__}")
-        return cls(getattr(stepper, "pipe", None), reward=reward, method=method, stepper=stepper)
+            raise ParameterError(f"stepper: expected an evosearch Stepper, got {describe(stepper)}")
+        return cls(getattr(stepper, "pipe", None), reward=reward, method=method, stepper=stepper, judge=judge,
+                   early_stop=early_stop)
 
     @property
     def max_batch_size(self) -> int:
@@ -124,55 +165,70 @@ class SearchPipeline:
     def __call__(self, prompt, seed: int | Sequence[int] = 0, num_inference_steps: int | None = None,
                  guidance_scale: float | None = None, nfe_budget: int | None = None, negative_prompt=None,
                  height: int | None = None, width: int | None = None, output_type: str = "pil",
-                 callback: Callable[[dict], None] | None = None, stop: Callable[[], bool] | None = None,
-                 progress: bool = True, method=None, **extra):
+                 callback: Callable | None = None, stop: Callable[[], bool] | None = None,
+                 progress: bool = True, method=None, early_stop: EarlyStop | None = None, **extra):
         """Search for one prompt (returns a SearchPipelineOutput) or a list of prompts with a
         list of seeds of the same length (returns a list of outputs).
 
         ``extra`` keyword arguments go to the Stepper's ``prepare`` and are recorded in each
         lineage's request: ``num_frames`` (video models), ``num_segments`` (segment models),
         ``max_sequence_length``, ..."""
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type: must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        if nfe_budget is not None and (not isinstance(nfe_budget, (int, np.integer)) or nfe_budget < 1):
-            raise ValueError(f"nfe_budget: must be a positive integer or None, got {nfe_budget!r}")
         if isinstance(prompt, (list, tuple)):
             seeds = list(seed) if isinstance(seed, (list, tuple)) else None
             if seeds is None or len(seeds) != len(prompt):
-                raise ValueError(f"seed: with a list of {len(prompt)} prompts, pass a list of {len(prompt)} seeds, "
-                                 f"got {seed!r}")
+                raise ParameterError(f"seed: with a list of {len(prompt)} prompts, pass a list of {len(prompt)} "
+                                     f"seeds, got {describe(seed)}")
             return [self(p, seed=s, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                          nfe_budget=nfe_budget, negative_prompt=negative_prompt, height=height, width=width,
                          output_type=output_type, callback=callback, stop=stop, progress=progress, method=method,
-                         **extra)
+                         early_stop=early_stop, **extra)
                     for p, s in zip(prompt, seeds)]
         if isinstance(seed, (list, tuple)):
-            raise ValueError(f"seed: a list of seeds needs a list of prompts of the same length, got one prompt")
-        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-            raise ValueError(f"seed: must be a non-negative integer, got {seed!r}")
-        method = method or self.method
+            raise ParameterError("seed: a list of seeds needs a list of prompts of the same length, got one prompt")
+        check_int("seed", seed, lo=0)
+        check_int("nfe_budget", nfe_budget, lo=1, allow_none=True)
+        check_choice("output_type", output_type, OUTPUT_TYPES)
+        for name, fn in (("callback", callback), ("stop", stop)):
+            if fn is not None and not callable(fn):
+                raise ParameterError(f"{name}: must be a callable or None, got {describe(fn)}")
+        if early_stop is not None and not isinstance(early_stop, EarlyStop):
+            raise ParameterError(f"early_stop: expected EarlyStop(...) or None, got {describe(early_stop)}")
+        method = self.method if method is None else check_method(method)
+        check_prompt(self.stepper, prompt)
+        early_stop = early_stop or self.early_stop
         with self._lock:
             self.stepper.prepare(prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                  negative_prompt=negative_prompt, height=height, width=width, **extra)
-            if getattr(method, "uses_segments", False):  # Tree-of-Frames sizes itself by the video's segments
-                method.plan(nfe_budget, self.stepper.num_steps, getattr(self.stepper, "num_segments", None))
-            else:
-                method.plan(nfe_budget, self.stepper.num_steps)  # validate before any compute
-            ctx = SearchContext(self.stepper, self.reward, prompt, seed, nfe_budget=nfe_budget, callback=callback,
-                                stop=stop, progress=progress)
-            complete = True
+            plan = method.plan(nfe_budget, self.stepper.num_steps, getattr(self.stepper, "num_segments", None))
+            check_capabilities(method.name, method.requirements(plan), self.stepper)
+            if early_stop is not None and early_stop.target_judge and self.judge is None:
+                raise ParameterError("early_stop: target_judge=True needs a judge (SearchPipeline(..., judge=...))")
+            run = SearchRun(self.stepper, self.reward, prompt, int(seed), nfe_budget=nfe_budget, callback=callback,
+                            stop=stop, progress=progress, planned_nfe=plan.nfe, early_stop=early_stop,
+                            judge=self.judge)
+            run.plan = plan
+            complete, failure = True, None
             try:
-                method.run(ctx)
+                method.run(run)
             except (SearchInterrupted, KeyboardInterrupt):
-                complete = False
+                complete, run.stats.stopped = False, "interrupted"
+            except SearchStopped as stopped:
+                run.stats.stopped = stopped.reason
+            except Exception as err:  # a user's reward or callback, or a bug: keep the best so far
+                complete, failure = False, err
+                run.stats.stopped = f"error: {type(err).__name__}"
             finally:
-                ctx.finalize()
-        return self._output(ctx, method, seed, nfe_budget, output_type, complete)
+                run.finalize()
+        out = self._output(run, method, seed, nfe_budget, output_type, complete)
+        if failure is not None:
+            failure.partial = out
+            raise failure
+        return out
 
-    def _output(self, ctx: SearchContext, method, seed, nfe_budget, output_type, complete) -> SearchPipelineOutput:
-        ranked = ctx.ranked()
-        settings = {"request": ctx.request, "seed": int(seed), "nfe_budget": nfe_budget, "method": method.config(),
-                    "plan": getattr(ctx, "plan", None), "max_batch_size": self.max_batch_size,
+    def _output(self, run: SearchRun, method, seed, nfe_budget, output_type, complete) -> SearchPipelineOutput:
+        ranked = run.ranked()
+        settings = {"request": run.request, "seed": int(seed), "nfe_budget": nfe_budget, "method": method.config(),
+                    "plan": None if run.plan is None else run.plan.to_dict(), "max_batch_size": self.max_batch_size,
                     "reward": repr(self.reward), "pipeline": type(self.pipe).__name__, "family": self.stepper.family}
         is_video = bool(ranked) and ranked[0].image.ndim == 4  # candidates hold (F, 3, H, W) videos
         videos = None
@@ -183,36 +239,49 @@ class SearchPipeline:
         else:
             images = convert_images(torch.stack([c.image for c in ranked]), output_type) if ranked else []
         best = None
-        if ctx.best is not None:
+        if run.best is not None:
             if is_video:
-                best = BestCandidate(convert_images(ctx.best.image[:1], output_type)[0], ctx.best.reward,
-                                     ctx.best.lineage, video=convert_videos(ctx.best.image[None], output_type)[0])
+                best = BestCandidate(convert_images(run.best.image[:1], output_type)[0], run.best.reward,
+                                     run.best.lineage, video=convert_videos(run.best.image[None], output_type)[0])
             else:
-                best = BestCandidate(convert_images(ctx.best.image[None], output_type)[0], ctx.best.reward,
-                                     ctx.best.lineage)
-        return SearchPipelineOutput(images=images, rewards=[c.reward for c in ranked], best=best, stats=ctx.stats,
-                                    history=ctx.history, complete=complete, settings=settings, videos=videos)
+                best = BestCandidate(convert_images(run.best.image[None], output_type)[0], run.best.reward,
+                                     run.best.lineage)
+        plain = None
+        if run.plain:
+            frames = torch.stack([c.image if c.image.ndim == 3 else c.image[0] for c in run.plain])
+            plain = convert_images(frames, output_type)
+        report: JudgeReport = judge_output(self.judge, run, ranked)
+        return SearchPipelineOutput(images=images, rewards=[c.reward for c in ranked], best=best, stats=run.stats,
+                                    history=list(run.history), complete=complete, settings=settings, videos=videos,
+                                    judge=report.verdicts, warnings=report.warnings, plain=plain,
+                                    plain_rewards=[c.reward for c in run.plain])
 
     @torch.no_grad()
-    def replay_states(self, lineage: Lineage | dict) -> torch.Tensor:
-        """The final state (1, ...) of ``lineage``, re-generated alone."""
-        if isinstance(lineage, dict):
-            lineage = Lineage.from_dict(lineage)
+    def replay_states(self, lineage: Lineage | dict):
+        """The final state (1, ...) of ``lineage``, re-generated alone (a ParameterError naming
+        ``lineage`` for one of another model or sampler, or one that cannot be replayed)."""
+        lineage = Lineage.from_dict(lineage)
         if not lineage.request:
-            raise ValueError("lineage: has no request settings; pass a lineage taken from a search output")
+            raise ParameterError("lineage: has no request settings; pass a lineage taken from a search output")
         r = dict(lineage.request)
         extra = r.pop("extra", {}) or {}
-        if r.pop("eta") != self.stepper.eta:
-            raise ValueError(f"lineage: was made with eta={lineage.request['eta']}, this pipeline has "
-                             f"eta={self.stepper.eta}")
+        if r.pop("eta", None) != self.stepper.eta:
+            raise ParameterError(f"lineage: was made with eta={lineage.request.get('eta')}, this pipeline has "
+                                 f"eta={self.stepper.eta}")
+        mine = self.stepper.fingerprint()
+        if lineage.model and lineage.model != mine:
+            raise ParameterError(f"lineage: was made by another model ({lineage.model}); this pipeline's model is "
+                                 f"{mine}")
+        if "prompt" not in r:
+            raise ParameterError("lineage: its request has no prompt")
         self.stepper.prepare(r.pop("prompt"), **r, **extra)
-        return replay_lineage(self.stepper, lineage)
+        return replay(self.stepper, lineage)
 
     def replay(self, lineage: Lineage | dict, output_type: str = "pil"):
-        """Re-generate one candidate from its lineage (identical to the search's on CPU); for a video
-        model its video (a list of PIL frames, an (F, H, W, 3) array or an (F, 3, H, W) tensor)."""
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type: must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        """Re-generate one candidate from its lineage (identical to the search's on CPU, to float
+        rounding); for a video model its video (a list of PIL frames, an (F, H, W, 3) array or an
+        (F, 3, H, W) tensor)."""
+        check_choice("output_type", output_type, OUTPUT_TYPES)
         with self._lock:
             images = self.stepper.finish(self.replay_states(lineage))
         if images.ndim == 5:

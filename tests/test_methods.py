@@ -9,10 +9,13 @@ import pytest
 import torch
 
 from evosearch import BestOfN, ParticleSearch, PathSearch, SearchPipeline, ZeroOrderSearch
-from evosearch.search import METHODS, Event, Lineage
-from evosearch.search.mutation import forward_renoise, sphere_neighbor
+from evosearch.registry import METHODS
+from evosearch.search import Event, Lineage
+from evosearch.core.mutation import sphere_neighbor
+from evosearch.core.schedule import NoiseSchedule
 from evosearch.search.paths import paths_cost
-from evosearch.search.resampling import (Potentials, ess, ess_from_log, multinomial, normalize_log_weights,
+from evosearch.search.ops.potentials import Potentials
+from evosearch.search.ops.resampling import (ess, ess_from_log, multinomial, normalize_log_weights,
                                          resample, stratified, systematic)
 
 STEPS = 4
@@ -238,13 +241,20 @@ def test_paths_work_with_a_deterministic_sampler(pixel_pipe, brightness):
     assert out.complete and (s.replay(out.best.lineage, output_type="pt") - out.best.image).abs().max() <= 1 / 255
 
 
-def test_registry_and_cli_names():
-    from evosearch.cli import METHOD_CHOICES, build_method
+def test_registry_names_and_population():
+    from evosearch.registry import POPULATION_PARAMETER, build_method
 
     for name, cls in (("zero-order", ZeroOrderSearch), ("paths", PathSearch), ("particles", ParticleSearch)):
-        assert METHODS[name] is cls and name in METHOD_CHOICES
+        assert METHODS[name] is cls
         assert isinstance(build_method(name), cls) and isinstance(build_method(name, 4), cls)
+        assert getattr(build_method(name, 4), POPULATION_PARAMETER[name]) == 4  # one meaning everywhere
         assert build_method(name).config()["method"] == name
+    with pytest.raises(ValueError, match="population"):
+        build_method("evosearch", 4)
+    with pytest.raises(ValueError, match="bogus: not an option of best-of-n"):
+        build_method("best-of-n", bogus=1)
+    with pytest.raises(ValueError, match="method: must be one of"):
+        build_method("nope")
 
 
 # -- the shared maths ------------------------------------------------------------------------
@@ -266,13 +276,15 @@ def test_forward_renoise_has_the_marginal_of_the_noisier_level():
     a_j, s_j, a_k, s_k = 0.9, math.sqrt(1 - 0.81), 0.6, 0.8
     x0 = torch.full((200_000,), 0.5)
     xj = a_j * x0 + s_j * torch.randn(200_000, generator=g)
-    xk = forward_renoise(xj, torch.randn(200_000, generator=g), a_j, s_j, a_k, s_k)
+    sched = NoiseSchedule(a=torch.tensor([a_k, a_j], dtype=torch.float64),
+                          s=torch.tensor([s_k, s_j], dtype=torch.float64), timesteps=torch.tensor([0]), eta=1.0)
+    xk = sched.renoise(xj, 1, 0, torch.randn(200_000, generator=g))
     assert float(xk.mean()) == pytest.approx(a_k * 0.5, abs=5e-3)
     assert float(xk.std()) == pytest.approx(s_k, abs=5e-3)
     # no time travel: back to the same level is the identity, towards cleaner is an error
-    torch.testing.assert_close(forward_renoise(xj, torch.randn(200_000, generator=g), a_j, s_j, a_j, s_j), xj)
+    torch.testing.assert_close(sched.renoise(xj, 1, 1, torch.randn(200_000, generator=g)), xj)
     with pytest.raises(ValueError, match="noisier"):
-        forward_renoise(xj, xj, a_k, s_k, a_j, s_j)
+        sched.renoise(xj, 0, 1, xj)
 
 
 def test_ess_formula():

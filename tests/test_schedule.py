@@ -5,7 +5,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from evosearch.pipelines.diffusion import vp_schedule
-from evosearch.pipelines.schedule import NoiseSchedule
+from evosearch.core.schedule import NoiseSchedule
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])

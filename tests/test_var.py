@@ -13,7 +13,7 @@ import torch
 
 from evosearch import TTSVAR, BestOfN, FunctionReward, SearchPipeline
 from evosearch.pipelines import stepper_for
-from evosearch.pipelines.base import derive_seed
+from evosearch.core.noise import derive_seed
 from evosearch.pipelines.var import VARState, VARStepper, filter_logits, sample_tokens
 from evosearch.pipelines.var_digits import VARDigitsPipeline, bundled_var_digits_path
 from evosearch.search.tts_var import DEFAULT_BATCH_SHAPE, kmeans_select, map_batch_shape
@@ -325,8 +325,8 @@ def test_latent_space_methods_fail_clearly_on_var(var_pipe, digit_reward):
 
 
 def test_cli_knows_tts_var():
-    from evosearch.cli import METHOD_CHOICES, build_method
-    from evosearch.search import METHODS
+    from evosearch.registry import METHODS, build_method
+    METHOD_CHOICES = tuple(METHODS)
 
     assert "tts-var" in METHOD_CHOICES and METHODS["tts-var"] is TTSVAR
     assert isinstance(build_method("tts-var", 2), TTSVAR) and build_method("tts-var", 2).n == 2

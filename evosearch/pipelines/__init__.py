@@ -1,17 +1,17 @@
 """Steppers: one per model family, each built from an existing diffusers pipeline object."""
 
-from .base import Request, Stepper, derive_seed
+from ..core.stepper import Stepper
 from .diffusion import DiffusionStepper
 from .flow import FlowStepper
-from .schedule import NoiseSchedule
 
 SUPPORTED_PIPELINES = (
     "StableDiffusionPipeline", "StableDiffusionXLPipeline", "DDPMPipeline", "DDIMPipeline",
-    "DigitsPipeline (bundled)", "StableDiffusion3Pipeline", "FluxPipeline",
+    "StableDiffusion3Pipeline", "FluxPipeline", "WanPipeline", "CogVideoXPipeline", "LTXPipeline",
+    "HunyuanVideoPipeline", "WanImageToVideoPipeline (segments)",
+    "the bundled worlds' pipelines (evosearch.bundled: shapes, digits, var_digits, moving_digits)",
     "GaussianMixtureDiffusionPipeline / GaussianMixtureFlowPipeline (evosearch.testbed)",
-    "WanPipeline", "CogVideoXPipeline", "LTXPipeline", "HunyuanVideoPipeline",
-    "MovingDigitsPipeline (bundled, segments)", "WanImageToVideoPipeline (segments)",
-    "VARDigitsPipeline (bundled)", "VARPipeline (FoundationVision VAR / Infinity, evosearch.pipelines.var)",
+    "VARPipeline (FoundationVision VAR / Infinity, evosearch.pipelines.var)",
+    "any pipeline with stepper_family = 'diffusion' | 'flow' and stepper_conditioning/denoiser_output",
 )
 
 
@@ -20,7 +20,9 @@ def stepper_for(pipe, max_batch_size: int = 16, eta: float = 1.0) -> Stepper:
     from diffusers import DDIMPipeline, DDPMPipeline, FluxPipeline, StableDiffusion3Pipeline
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    family = getattr(pipe, "stepper_family", None)  # pipelines that name their family (evosearch.testbed)
+    from ..core.validation import ParameterError
+
+    family = getattr(pipe, "stepper_family", None)  # pipelines that name their family (bundled worlds, testbed)
     if family == "flow":
         return FlowStepper(pipe, max_batch_size=max_batch_size, eta=eta)
     if family == "diffusion":
@@ -44,9 +46,8 @@ def stepper_for(pipe, max_batch_size: int = 16, eta: float = 1.0) -> Stepper:
         hasattr(pipe, "unet") and hasattr(pipe, "null_class_label")
     ):
         return DiffusionStepper(pipe, max_batch_size=max_batch_size, eta=eta)
-    raise TypeError(f"pipe: {type(pipe).__name__} is not supported; supported pipelines: "
-                    + ", ".join(SUPPORTED_PIPELINES))
+    raise ParameterError(f"pipe: {type(pipe).__name__} is not supported; supported pipelines: "
+                         + ", ".join(SUPPORTED_PIPELINES))
 
 
-__all__ = ["Stepper", "Request", "NoiseSchedule", "DiffusionStepper", "FlowStepper", "stepper_for", "derive_seed",
-           "SUPPORTED_PIPELINES"]
+__all__ = ["Stepper", "DiffusionStepper", "FlowStepper", "stepper_for", "SUPPORTED_PIPELINES"]

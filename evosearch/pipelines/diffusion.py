@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 from diffusers import DDIMScheduler
 
-from .base import Request, Stepper
-from .schedule import NoiseSchedule
+from ..core.records import Request
+from ..core.stepper import Stepper
+from ..core.schedule import NoiseSchedule
 
 
 def vp_schedule(scheduler_config, num_inference_steps: int, eta: float, device=None,
@@ -46,21 +47,29 @@ class DiffusionStepper(Stepper):
 
     family = "diffusion"
 
+    def __init__(self, pipe, max_batch_size: int = 16, eta: float = 1.0):
+        super().__init__(pipe, max_batch_size=max_batch_size, eta=eta)
+        self.kind = self.kind_of(pipe)
+
+    @staticmethod
+    def kind_of(pipe) -> str:
+        """"custom" (a pipeline with ``stepper_conditioning``/``denoiser_output``: the shapes world),
+        "sdxl", "sd", "class" (class-conditional pixel models: the digits world) or "unconditional"."""
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+        if hasattr(pipe, "stepper_conditioning"):
+            return "custom"
+        if isinstance(pipe, StableDiffusionXLPipeline):
+            return "sdxl"
+        if isinstance(pipe, StableDiffusionPipeline):
+            return "sd"
+        if hasattr(pipe, "null_class_label"):
+            return "class"
+        return "unconditional"
+
     @property
     def denoiser(self):
         return self.pipe.unet
-
-    @property
-    def kind(self) -> str:
-        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-        if isinstance(self.pipe, StableDiffusionXLPipeline):
-            return "sdxl"
-        if isinstance(self.pipe, StableDiffusionPipeline):
-            return "sd"
-        if hasattr(self.pipe, "null_class_label"):
-            return "class"
-        return "unconditional"
 
     @property
     def default_num_inference_steps(self) -> int:
@@ -113,6 +122,8 @@ class DiffusionStepper(Stepper):
             self.cond = {"encoder_hidden_states": pe, "text_embeds": ppe, "time_ids": time_ids}
             self.uncond = ({"encoder_hidden_states": npe, "text_embeds": nppe, "time_ids": time_ids}
                            if cfg else None)
+        elif kind == "custom":
+            self.cond, self.uncond = pipe.stepper_conditioning(prompt, neg, cfg, device)
         elif kind == "class":
             label = pipe.encode_prompt(prompt, device=device).reshape(1)
             self.cond = {"class_labels": label}
@@ -121,6 +132,8 @@ class DiffusionStepper(Stepper):
             self.cond, self.uncond = {}, None
 
     def _unet(self, x: torch.Tensor, t, cond: dict) -> torch.Tensor:
+        if self.kind == "custom":  # pipelines that say how their denoiser takes its conditioning
+            return self.pipe.denoiser_output(x, t.expand(x.shape[0]), **cond)
         kwargs = dict(cond)
         if "text_embeds" in kwargs:
             kwargs["added_cond_kwargs"] = {"text_embeds": kwargs.pop("text_embeds"), "time_ids": kwargs.pop("time_ids")}

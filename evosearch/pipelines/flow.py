@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Request, Stepper
-from .schedule import NoiseSchedule
+from ..core.records import Request
+from ..core.stepper import Stepper
+from ..core.schedule import NoiseSchedule
 
 
 def flow_schedule(pipe, num_inference_steps: int, eta: float, image_seq_len: int, device=None,
@@ -49,26 +50,29 @@ class FlowStepper(Stepper):
 
     family = "flow"
 
-    @property
-    def denoiser(self):
-        return self.pipe.transformer
+    def __init__(self, pipe, max_batch_size: int = 16, eta: float = 1.0):
+        super().__init__(pipe, max_batch_size=max_batch_size, eta=eta)
+        self.kind = self.kind_of(pipe)
+        self.is_flux = self.kind == "flux"
 
-    @property
-    def is_flux(self) -> bool:
-        from diffusers import FluxPipeline
+    @staticmethod
+    def kind_of(pipe) -> str:
+        """"custom" (a pipeline with ``stepper_conditioning``/``denoiser_output``: the shapes world's
+        flow variant), "flux", "sd3", or "unconditional" (no text encoder: the Gaussian-mixture testbed)."""
+        from diffusers import FluxPipeline, StableDiffusion3Pipeline
 
-        return isinstance(self.pipe, FluxPipeline)
-
-    @property
-    def kind(self) -> str:
-        from diffusers import StableDiffusion3Pipeline
-
-        if self.is_flux:
+        if hasattr(pipe, "stepper_conditioning"):
+            return "custom"
+        if isinstance(pipe, FluxPipeline):
             return "flux"
-        if (not isinstance(self.pipe, StableDiffusion3Pipeline) and getattr(self.pipe, "text_encoder", None) is None
-                and not hasattr(self.pipe, "encode_prompt")):
+        if (not isinstance(pipe, StableDiffusion3Pipeline) and getattr(pipe, "text_encoder", None) is None
+                and not hasattr(pipe, "encode_prompt")):
             return "unconditional"
         return "sd3"
+
+    @property
+    def denoiser(self):
+        return self.pipe.unet if self.kind == "custom" else self.pipe.transformer
 
     @property
     def default_num_inference_steps(self) -> int:
@@ -78,12 +82,14 @@ class FlowStepper(Stepper):
     def default_guidance_scale(self) -> float:
         if self.kind == "unconditional":
             return 1.0
+        if self.kind == "custom":
+            return float(getattr(self.pipe, "default_guidance_scale", 1.0))
         return 3.5 if self.is_flux else 7.0
 
     def _prepare(self, request: Request) -> None:
         pipe, device = self.pipe, self.device
-        if self.kind == "unconditional":
-            self._prepare_unconditional(request)
+        if self.kind in ("unconditional", "custom"):
+            self._prepare_pixels(request)
             return
         scale = pipe.vae_scale_factor
         default = pipe.default_sample_size * scale
@@ -122,8 +128,9 @@ class FlowStepper(Stepper):
             self.schedule = flow_schedule(pipe, request.num_inference_steps, self.eta, (h // patch) * (w // patch), device)
             self.time_scale = 1.0
 
-    def _prepare_unconditional(self, request: Request) -> None:
-        cfg = self.pipe.transformer.config
+    def _prepare_pixels(self, request: Request) -> None:
+        """Models that sample their output space directly (no VAE, no packing)."""
+        cfg = self.denoiser.config
         size = cfg.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)
         if (request.height or size[0]) != size[0] or (request.width or size[1]) != size[1]:
@@ -131,11 +138,16 @@ class FlowStepper(Stepper):
         request.height, request.width = size
         self.state_shape = (cfg.in_channels, *size)
         self.static, self.cond, self.uncond = {}, {}, None
+        if self.kind == "custom":
+            self.cond, self.uncond = self.pipe.stepper_conditioning(request.prompt, request.negative_prompt,
+                                                                    request.guidance_scale > 1.0, self.device)
         self.schedule = flow_schedule(self.pipe, request.num_inference_steps, self.eta, size[0] * size[1], self.device)
         self.time_scale = 1.0
 
     def _transformer(self, x, t, cond):
         timestep = (t * self.time_scale).expand(x.shape[0]).to(x.dtype)
+        if self.kind == "custom":
+            return self.pipe.denoiser_output(x, timestep, **cond)
         return self.pipe.transformer(hidden_states=x, timestep=timestep, **cond, **self.static, return_dict=False)[0]
 
     def _predict(self, x: torch.Tensor, i: int):
@@ -148,7 +160,7 @@ class FlowStepper(Stepper):
         hook = getattr(self.pipe, "samples_to_images", None)
         if callable(hook):  # pipelines with their own decode (the Gaussian-mixture testbed: raw samples)
             return hook(x0)
-        if self.kind == "unconditional":
+        if self.kind in ("unconditional", "custom"):
             return (x0 / 2 + 0.5).clamp(0, 1)
         pipe, vae = self.pipe, self.pipe.vae
         if self.is_flux:

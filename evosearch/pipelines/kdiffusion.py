@@ -37,8 +37,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from .base import Request, Stepper
-from .schedule import NoiseSchedule
+from ..core.records import Request
+from ..core.stepper import Stepper
+from ..core.schedule import NoiseSchedule
 
 PARAMETERIZATIONS = ("ve", "flow")
 
@@ -155,12 +156,10 @@ class KDiffusionStepper(Stepper):
         self.last_finished: torch.Tensor | None = None
 
     # -- what the base class asks of a model -------------------------------------
-    @property
-    def device(self) -> torch.device:
+    def _resolve_device(self) -> torch.device:
         return self.pipe.device
 
-    @property
-    def dtype(self) -> torch.dtype:
+    def _resolve_dtype(self) -> torch.dtype:
         return self.pipe.dtype
 
     @property

@@ -34,7 +34,7 @@ import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DModel
 from diffusers.utils import BaseOutput
 
-from .base import Request
+from ..core.records import Request
 from .diffusion import vp_schedule
 from .digits import digits_split, parse_digit
 from .segments import SegmentModel

@@ -11,7 +11,7 @@ Two layers:
   segment comes from a ``WanPipeline`` or an image), and the bundled moving-digits model
   (:mod:`evosearch.pipelines.moving_digits`).
 
-* :class:`SegmentStepper` — a :class:`~evosearch.pipelines.base.Stepper` that chains the
+* :class:`SegmentStepper` — a :class:`~evosearch.core.Stepper` that chains the
   segments: its state is the whole video's latents, (N, S, *segment_shape) for S
   segments, where not-yet-generated segments hold their initial noise; global step
   ``i = d * T + j`` is step j of segment d (T = steps per segment), so ``num_steps = S * T``
@@ -35,8 +35,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .base import Request, Stepper
-from .schedule import NoiseSchedule
+from ..core.records import Request
+from ..core.stepper import Stepper
+from ..core.schedule import NoiseSchedule
 from .video import VideoStepper
 
 __all__ = ["SegmentModel", "SegmentSchedule", "SegmentStepper", "WanI2VSegments", "segment_model_for"]
@@ -133,7 +134,8 @@ class SegmentStepper(VideoStepper, Stepper):
     ``num_inference_steps`` per segment and ``num_segments`` (default: the model's)."""
 
     family = "segments"
-    custom_event_kinds = ("segment",)
+    base_capabilities = frozenset({"gaussian", "predict", "segments"})
+    event_kinds = ("segment",)
 
     def __init__(self, model: SegmentModel, max_batch_size: int = 16, eta: float = 1.0):
         super().__init__(model.pipe, max_batch_size=max_batch_size, eta=eta)
@@ -219,7 +221,7 @@ class SegmentStepper(VideoStepper, Stepper):
         return self.finish(states[:, :num_segments])
 
     # -- lineage events ------------------------------------------------------------
-    def apply_custom_event(self, x: torch.Tensor, event, noise: torch.Tensor) -> torch.Tensor:
+    def apply_event(self, x: torch.Tensor, event, noise: torch.Tensor) -> torch.Tensor:
         """``segment`` (step d * T): segments d.. get fresh initial noise from the event's noise."""
         if event.kind != "segment":
             raise ValueError(f"event kind {event.kind!r} is not a SegmentStepper event (allowed: segment)")

@@ -51,7 +51,8 @@ import zlib
 import numpy as np
 import torch
 
-from .base import Request, Stepper
+from ..core.records import Request
+from ..core.stepper import Stepper
 from .diffusion import DiffusionStepper, vp_schedule
 from .flow import FlowStepper, flow_schedule
 
@@ -139,9 +140,9 @@ class _VideoFlowStepper(VideoStepper, FlowStepper):
     def denoiser(self):
         return self.pipe.transformer if self.pipe.transformer is not None else self.pipe.transformer_2
 
-    @property
-    def kind(self) -> str:
-        return type(self.pipe).__name__
+    @staticmethod
+    def kind_of(pipe) -> str:
+        return type(pipe).__name__
 
     def _max_sequence_length(self, request: Request, default: int) -> int:
         return int(request.extra.get("max_sequence_length", default))
@@ -298,8 +299,8 @@ class CogVideoXStepper(VideoStepper, DiffusionStepper):
     def denoiser(self):
         return self.pipe.transformer
 
-    @property
-    def kind(self) -> str:
+    @staticmethod
+    def kind_of(pipe) -> str:
         return "cogvideox"
 
     def _prepare(self, request: Request) -> None:

@@ -49,24 +49,23 @@ Features for clustering (``features``): "image" (default) the flattened preview 
 from __future__ import annotations
 
 import math
-import warnings
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 
-from .context import SearchContext, apply_events
-from .lineage import Lineage
-from .resampling import SCHEMES, Potentials, normalize_log_weights, resample
+from ..core.records import Plan
+from ..core.validation import ParameterError, check_choice, check_int, check_int_list, check_number
+from .method import SearchMethod, need_budget, over_budget
+from .ops.potentials import Potentials
+from .ops.resampling import SCHEMES, normalize_log_weights, resample
+from .ops.selection import kmeans_select
 
 #: the authors' batch-size shape for Infinity's 13 scales (times N)
 DEFAULT_BATCH_SHAPE = (8, 8, 6, 6, 6, 4, 2, 2, 2, 1, 1, 1, 1)
 #: our potential names -> Potentials kinds (TTS-VAR calls them VALUE, DIFF, MAX, SUM)
 POTENTIAL_KINDS = {"value": "rt", "diff": "diff", "max": "max", "sum": "add", "rt": "rt", "add": "add"}
 FEATURES = ("image", "reward")
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 def map_batch_shape(shape: Sequence[int], num_scales: int) -> list[int]:
@@ -80,36 +79,8 @@ def map_batch_shape(shape: Sequence[int], num_scales: int) -> list[int]:
     return [int(shape[int(math.floor(k * (S - 1) / (K - 1) + 0.5))]) for k in range(K)]
 
 
-def kmeans_select(features: np.ndarray, k: int, random_state: int, n_init: int = 3) -> np.ndarray:
-    """k distinct row indices: k-means (scikit-learn) on ``features`` (N, D), then the member
-    nearest each centre. Empty or duplicate clusters (identical features) are filled with the
-    remaining rows nearest any centre. Sorted ascending."""
-    from sklearn.cluster import KMeans
-
-    X = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
-    n = len(X)
-    if not 1 <= k <= n:
-        raise ValueError(f"k: must be in [1, {n}] (survivors from {n} samples), got {k}")
-    if k == n:
-        return np.arange(n)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # fewer distinct points than clusters: handled below
-        km = KMeans(n_clusters=k, random_state=int(random_state), n_init=n_init).fit(X)
-    centres, labels = km.cluster_centers_, km.labels_
-    dist = np.linalg.norm(X[:, None, :] - centres[None, :, :], axis=-1)  # (N, k)
-    chosen: list[int] = []
-    for c in range(k):
-        members = np.flatnonzero(labels == c)
-        members = members[~np.isin(members, chosen)]
-        if len(members):
-            chosen.append(int(members[np.argmin(dist[members, c])]))
-    if len(chosen) < k:
-        rest = [j for j in np.argsort(dist.min(axis=1), kind="stable") if j not in chosen]
-        chosen += [int(j) for j in rest[: k - len(chosen)]]
-    return np.sort(np.asarray(chosen, dtype=np.int64))
-
-
-class TTSVAR:
+@dataclass(frozen=True)
+class TTSVAR(SearchMethod):
     """TTS-VAR on a next-scale (``var``) Stepper (see module docstring).
 
     Args:
@@ -125,48 +96,39 @@ class TTSVAR:
         features: "image", "reward" or a callable (see module docstring).
     """
 
-    name = "tts-var"
+    n: int | None = None
+    batch_shape: tuple = DEFAULT_BATCH_SHAPE
+    cluster_scales: tuple | None = None
+    resample_scales: tuple | None = None
+    coarse_fraction: float = 0.5
+    potential: str = "value"
+    lambda_: float = 10.0
+    resampling: str = "multinomial"
+    features: str | Callable = "image"
 
-    def __init__(self, n: int | None = None, batch_shape: Sequence[int] = DEFAULT_BATCH_SHAPE,
-                 cluster_scales: Sequence[int] | None = None, resample_scales: Sequence[int] | None = None,
-                 coarse_fraction: float = 0.5, potential: str = "value", lambda_: float = 10.0,
-                 resampling: str = "multinomial", features: str | Callable = "image"):
-        if n is not None and (not _is_int(n) or n < 1):
-            raise ValueError(f"n: must be a positive integer or None (from the nfe_budget), got {n!r}")
-        shape = list(batch_shape) if isinstance(batch_shape, (list, tuple)) else None
-        if not shape or any(not _is_int(v) or v < 1 for v in shape):
-            raise ValueError(f"batch_shape: must be a non-empty list of positive integers, got {batch_shape!r}")
+    name = "tts-var"
+    requires = frozenset({"scales"})
+
+    def __post_init__(self):
+        check_int("n", self.n, lo=1, allow_none=True, hint=" (None: from the nfe_budget)")
+        shape = check_int_list("batch_shape", self.batch_shape)
         if any(b > a for a, b in zip(shape, shape[1:])):
-            raise ValueError(f"batch_shape: must be non-increasing (a descending schedule), got {shape}")
-        for name, scales in (("cluster_scales", cluster_scales), ("resample_scales", resample_scales)):
-            if scales is not None and (not isinstance(scales, (list, tuple)) or any(not _is_int(v) or v < 0
-                                                                                   for v in scales)):
-                raise ValueError(f"{name}: must be a list of scale indices >= 0 or None, got {scales!r}")
-        if cluster_scales is not None and resample_scales is not None and set(cluster_scales) & set(resample_scales):
-            raise ValueError(f"cluster_scales/resample_scales: a scale cannot be both, got "
-                             f"{sorted(set(cluster_scales) & set(resample_scales))}")
-        if isinstance(coarse_fraction, bool) or not isinstance(coarse_fraction, (int, float)) or not (
-                0.0 <= coarse_fraction <= 1.0):
-            raise ValueError(f"coarse_fraction: must be in [0, 1], got {coarse_fraction!r}")
-        if potential not in POTENTIAL_KINDS:
-            raise ValueError(f"potential: must be one of value, diff, max, sum, got {potential!r}")
-        if (isinstance(lambda_, bool) or not isinstance(lambda_, (int, float)) or not math.isfinite(lambda_)
-                or lambda_ < 0):
-            raise ValueError(f"lambda_: must be a finite number >= 0, got {lambda_!r}")
-        if resampling not in SCHEMES:
-            raise ValueError(f"resampling: must be one of {', '.join(SCHEMES)}, got {resampling!r}")
-        if not (callable(features) or features in FEATURES):
-            raise ValueError(f"features: must be one of {', '.join(FEATURES)} or a callable "
-                             f"(images, prompts) -> (N, D) features, got {features!r}")
-        self.n = n
-        self.batch_shape = [int(v) for v in shape]
-        self.cluster_scales = None if cluster_scales is None else sorted(int(v) for v in cluster_scales)
-        self.resample_scales = None if resample_scales is None else sorted(int(v) for v in resample_scales)
-        self.coarse_fraction = float(coarse_fraction)
-        self.potential = potential
-        self.lambda_ = float(lambda_)
-        self.resampling = resampling
-        self.features = features
+            raise ParameterError(f"batch_shape: must be non-increasing (a descending schedule), got {list(shape)}")
+        object.__setattr__(self, "batch_shape", shape)
+        for name in ("cluster_scales", "resample_scales"):
+            scales = getattr(self, name)
+            if scales is not None:
+                object.__setattr__(self, name, tuple(sorted(check_int_list(name, scales, lo=0)) if scales else ()))
+        if self.cluster_scales and self.resample_scales and set(self.cluster_scales) & set(self.resample_scales):
+            raise ParameterError(f"cluster_scales/resample_scales: a scale cannot be both, got "
+                                 f"{sorted(set(self.cluster_scales) & set(self.resample_scales))}")
+        check_number("coarse_fraction", self.coarse_fraction, 0.0, 1.0)
+        check_choice("potential", self.potential, ("value", "diff", "max", "sum"))
+        object.__setattr__(self, "lambda_", check_number("lambda_", self.lambda_, lo=0.0))
+        check_choice("resampling", self.resampling, SCHEMES)
+        if not (callable(self.features) or self.features in FEATURES):
+            raise ParameterError(f"features: must be one of {', '.join(FEATURES)} or a callable "
+                                 f"(images, prompts) -> (N, D) features, got {self.features!r}")
 
     # -- planning ------------------------------------------------------------------
     def schedule(self, num_steps: int, n: int = 1) -> dict:
@@ -190,112 +152,76 @@ class TTSVAR:
             for name, scales in (("cluster_scales", cluster), ("resample_scales", resamp)):
                 bad = [k for k in scales if k >= K - 1]
                 if bad:
-                    raise ValueError(f"{name}: selection scales must be in [0, {K - 2}] for a model with {K} scales "
+                    raise ParameterError(f"{name}: selection scales must be in [0, {K - 2}] for a model with {K} scales "
                                      f"(after the last scale the best sample is kept), got {bad}")
             missing = [k for k in drops if k not in cluster and k not in resamp]
             if missing:
-                raise ValueError(f"cluster_scales/resample_scales: the batch size drops after scales {missing} "
+                raise ParameterError(f"cluster_scales/resample_scales: the batch size drops after scales {missing} "
                                  f"({[b[k - 1] for k in missing]} -> {[b[k] for k in missing]}); each drop needs a "
                                  f"selection (clustering or resampling) there")
             flat = [k for k in cluster if k == 0 or b[k] >= b[k - 1]]
             if flat:
-                raise ValueError(f"cluster_scales: clustering keeps fewer samples than it gets; the batch size does "
+                raise ParameterError(f"cluster_scales: clustering keeps fewer samples than it gets; the batch size does "
                                  f"not drop after scales {flat} (batch sizes {b})")
         return {"n": n, "batch_sizes": b, "forward_sizes": forward, "cluster_scales": cluster,
                 "resample_scales": resamp, "nfe": int(sum(forward))}
 
-    def plan(self, nfe_budget: int | None, num_steps: int) -> dict:
+    def plan(self, nfe_budget, num_steps, num_segments=None) -> Plan:
         """The schedule for this request: N from ``n`` or the budget (largest N that fits)."""
         unit = self.schedule(num_steps, 1)["nfe"]
         n = self.n
         if n is None:
-            if nfe_budget is None:
-                raise ValueError("nfe_budget: TTSVAR() without n needs an nfe_budget to size itself")
+            need_budget("TTSVAR()", "n", nfe_budget)
             if nfe_budget < unit:
-                raise ValueError(f"nfe_budget: TTS-VAR at N=1 on {num_steps} scales needs {unit} NFE, got {nfe_budget}")
+                raise ParameterError(f"nfe_budget: TTS-VAR at N=1 on {num_steps} scales needs {unit} NFE, "
+                                     f"got {nfe_budget}")
             n = nfe_budget // unit
         p = self.schedule(num_steps, n)
-        if nfe_budget is not None and p["nfe"] > nfe_budget:
-            raise ValueError(f"nfe_budget: TTSVAR(n={n}) on {num_steps} scales needs {p['nfe']} NFE, more than "
-                             f"nfe_budget={nfe_budget}")
-        return p
-
-    def cost(self, nfe_budget: int | None, num_steps: int) -> int:
-        return self.plan(nfe_budget, num_steps)["nfe"]
-
-    def config(self) -> dict:
-        return {"method": self.name, "n": self.n, "batch_shape": self.batch_shape,
-                "cluster_scales": self.cluster_scales, "resample_scales": self.resample_scales,
-                "coarse_fraction": self.coarse_fraction, "potential": self.potential, "lambda_": self.lambda_,
-                "resampling": self.resampling,
-                "features": self.features if isinstance(self.features, str) else getattr(self.features, "__name__",
-                                                                                       "callable")}
+        over_budget(f"TTSVAR(n={n}) on {num_steps} scales", p["nfe"], nfe_budget, num_steps)
+        return Plan(self.name, p["nfe"], p["batch_sizes"][-1], p)
 
     # -- running -------------------------------------------------------------------
-    def _features(self, ctx: SearchContext, images) -> np.ndarray:
+    def _features(self, run, images) -> np.ndarray:
         if callable(self.features):
-            feats = self.features(images, ctx.prompt)
+            feats = self.features(images, run.prompt)
         elif self.features == "reward":
-            hook = getattr(ctx.reward, "features", None)
+            hook = getattr(run.reward, "features", None)
             if hook is None:
-                raise ValueError(f"features: 'reward' needs a reward with a features(images, prompts) method; "
-                                 f"{type(ctx.reward).__name__} has none (use 'image' or a callable)")
-            feats = hook(images, ctx.prompt)
+                raise ParameterError(f"features: 'reward' needs a reward with a features(images, prompts) method; "
+                                 f"{type(run.reward).__name__} has none (use 'image' or a callable)")
+            feats = hook(images, run.prompt)
         else:
             feats = images.reshape(images.shape[0], -1)
         feats = np.asarray(feats.detach().cpu().numpy() if hasattr(feats, "detach") else feats, dtype=np.float64)
         if feats.ndim < 1 or feats.shape[0] != images.shape[0] or not np.isfinite(feats).all():
-            raise ValueError(f"features: expected finite features with one row per image ({images.shape[0]}), got "
+            raise ParameterError(f"features: expected finite features with one row per image ({images.shape[0]}), got "
                              f"shape {feats.shape}")
         return feats.reshape(feats.shape[0], -1)
 
-    def run(self, ctx: SearchContext) -> None:
-        stepper = ctx.stepper
-        if getattr(stepper, "family", None) != "var":
-            raise ValueError(f"method: TTS-VAR needs a next-scale model (a 'var' Stepper such as the bundled "
-                             f"VARDigitsPipeline); this pipeline's Stepper is {getattr(stepper, 'family', '?')!r}")
-        K = ctx.num_steps
-        p = self.plan(ctx.nfe_budget, K)
-        ctx.set_planned_nfe(p["nfe"])
-        ctx.plan = dict(p)
-        b, cluster, resamp = p["batch_sizes"], set(p["cluster_scales"]), set(p["resample_scales"])
-
-        lineages = [Lineage.init(s, ctx.request) for s in ctx.new_seeds(b[0])]
-        states = apply_events(stepper, None, [lin.events[0] for lin in lineages])
-        potentials = Potentials(POTENTIAL_KINDS[self.potential], self.lambda_, len(lineages))
+    def run(self, run) -> None:
+        K = run.num_steps
+        b, cluster, resamp = run.plan["batch_sizes"], set(run.plan["cluster_scales"]), set(run.plan["resample_scales"])
+        pop = run.initial(b[0])
+        potentials = Potentials(POTENTIAL_KINDS[self.potential], self.lambda_, len(pop))
         g = 0
-        for k in range(K):
-            states, _ = ctx.rollout(states, lineages, start=k, end=k + 1)
-            if k == K - 1:
-                break
+        for k in range(K - 1):
+            pop, _ = run.rollout(pop, end=k + 1)
             target = b[k]
-            if k in cluster and target < len(lineages):
-                ctx.check_stop()
-                with ctx.timed("decode"):
-                    images = stepper.preview(states, k)
-                idx = kmeans_select(self._features(ctx, images), target, random_state=int(ctx.rng.integers(2**31 - 1)))
-                entry = {"generation": g, "step": k, "population": len(lineages), "preview": True,
-                         "selection": "cluster", "rewards": [], "kept": [int(j) for j in idx],
-                         "best_reward": None if ctx.best is None else ctx.best.reward, "nfe": ctx.nfe}
-                ctx.history.append(entry)
-                ctx.emit({"type": "selection", **entry})
-                states = stepper.select(states, idx)
-                lineages = [lineages[j] for j in idx]
+            if k in cluster and target < len(pop):
+                images = run.preview_images(pop)
+                idx = kmeans_select(self._features(run, images), target, random_state=int(run.rng.integers(2**31 - 1)))
+                run.log_preview((), step=k, generation=g, selection="cluster", kept=[int(j) for j in idx])
+                pop = pop.select(idx)
                 potentials.select(idx)
                 g += 1
             elif k in resamp:
-                ctx.check_stop()
-                rewards = ctx.score_preview(states, step=k, generation=g)  # finish() of a partial state = its preview
+                rewards = run.score(run.preview_images(pop))
                 log_w = potentials.step(rewards)
-                idx = resample(normalize_log_weights(log_w), self.resampling, ctx.rng, target)
-                states = stepper.select(states, idx)
+                idx = resample(normalize_log_weights(log_w), self.resampling, run.rng, target)
+                run.log_preview(rewards, step=k, generation=g, selection="resample",
+                                ancestors=[int(j) for j in idx], weights=[float(w) for w in normalize_log_weights(log_w)])
+                pop = run.branch(pop, idx, "keep")  # copies continue with fresh noise
                 potentials.select(idx)
-                lineages = [lineages[j].then("keep", k + 1, ctx.new_seed()) for j in idx]
-                ctx.history[-1].update(selection="resample", ancestors=[int(j) for j in idx],
-                                       weights=[float(w) for w in normalize_log_weights(log_w)])
                 g += 1
-        ctx.evaluate(states, lineages, generation=g, step=K)
-
-    def __repr__(self) -> str:
-        return (f"TTSVAR(n={self.n}, potential={self.potential!r}, lambda_={self.lambda_}, "
-                f"features={self.config()['features']!r})")
+        pop, _ = run.rollout(pop)
+        run.evaluate(pop, generation=g, step=K)

@@ -4,18 +4,17 @@ pivot noise; the pivot moves to the best candidate."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
-from .context import SearchContext, apply_events
-from .lineage import Lineage
+from ..core.records import Plan
+from ..core.validation import ParameterError, check_choice, check_int, check_number
+from .method import SearchMethod, need_budget, over_budget
 
 RESTARTS = ("resample", "stay")
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-class ZeroOrderSearch:
+@dataclass(frozen=True)
+class ZeroOrderSearch(SearchMethod):
     """Zero-order search over the initial noise x_T.
 
     The pivot (a random noise) is denoised and scored. Each iteration draws
@@ -39,80 +38,58 @@ class ZeroOrderSearch:
     ``iterations`` given; from a budget: T * floor(nfe_budget / T).
     """
 
+    n_neighbors: int = 4
+    lambda_: float = 0.95
+    iterations: int | None = None
+    restart: str = "resample"
+
     name = "zero-order"
+    requires = frozenset({"gaussian"})
 
-    def __init__(self, n_neighbors: int = 4, lambda_: float = 0.95, iterations: int | None = None,
-                 restart: str = "resample"):
-        if not _is_int(n_neighbors) or n_neighbors < 1:
-            raise ValueError(f"n_neighbors: must be a positive integer, got {n_neighbors!r}")
-        if not isinstance(lambda_, (int, float)) or isinstance(lambda_, bool) or not 0.0 <= float(lambda_) < 1.0:
-            raise ValueError(f"lambda_: the cosine similarity to the pivot must be a number in [0, 1), got {lambda_!r}")
-        if iterations is not None and (not _is_int(iterations) or iterations < 1):
-            raise ValueError(f"iterations: must be a positive integer or None (use the whole nfe_budget), "
-                             f"got {iterations!r}")
-        if restart not in RESTARTS:
-            raise ValueError(f"restart: must be one of {', '.join(RESTARTS)}, got {restart!r}")
-        self.n_neighbors = n_neighbors
-        self.lambda_ = float(lambda_)
-        self.iterations = iterations
-        self.restart = restart
+    def __post_init__(self):
+        check_int("n_neighbors", self.n_neighbors, lo=1)
+        check_number("lambda_", self.lambda_, 0.0, 1.0, hi_open=True, hint=" (the cosine similarity to the pivot)")
+        object.__setattr__(self, "lambda_", float(self.lambda_))
+        check_int("iterations", self.iterations, lo=1, allow_none=True, hint=" (None: use the whole nfe_budget)")
+        check_choice("restart", self.restart, RESTARTS)
 
-    def plan(self, nfe_budget: int | None, num_steps: int) -> list[int]:
-        """The number of neighbours of each iteration."""
+    def plan(self, nfe_budget, num_steps, num_segments=None) -> Plan:
         T = num_steps
         if self.iterations is None:
-            if nfe_budget is None:
-                raise ValueError("nfe_budget: ZeroOrderSearch() without iterations needs an nfe_budget to size itself")
+            need_budget("ZeroOrderSearch()", "iterations", nfe_budget)
             if nfe_budget < 2 * T:
-                raise ValueError(f"nfe_budget: zero-order search needs at least the pivot and one neighbour = "
-                                 f"2 * num_inference_steps = {2 * T} NFE, got {nfe_budget}")
-            trajectories = nfe_budget // T - 1
-            full, rest = divmod(trajectories, self.n_neighbors)
-            return [self.n_neighbors] * full + ([rest] if rest else [])
-        sizes = [self.n_neighbors] * self.iterations
+                raise ParameterError(f"nfe_budget: zero-order search needs at least the pivot and one neighbour = "
+                                     f"2 * num_inference_steps = {2 * T} NFE, got {nfe_budget}")
+            full, rest = divmod(nfe_budget // T - 1, self.n_neighbors)
+            sizes = [self.n_neighbors] * full + ([rest] if rest else [])
+        else:
+            sizes = [self.n_neighbors] * self.iterations
         cost = T * (1 + sum(sizes))
-        if nfe_budget is not None and cost > nfe_budget:
-            raise ValueError(f"nfe_budget: ZeroOrderSearch(n_neighbors={self.n_neighbors}, iterations="
-                             f"{self.iterations}) at {T} steps needs {cost} NFE, more than nfe_budget={nfe_budget}")
-        return sizes
+        over_budget(f"ZeroOrderSearch(n_neighbors={self.n_neighbors}, iterations={self.iterations})", cost,
+                    nfe_budget, T)
+        return Plan(self.name, cost, 1 + sum(sizes), {"iterations": len(sizes), "neighbors": sizes})
 
-    def cost(self, nfe_budget: int | None, num_steps: int) -> int:
-        return num_steps * (1 + sum(self.plan(nfe_budget, num_steps)))
+    def _decide(self, rewards, pivot_reward: float) -> tuple[int, str, float]:
+        """(best child, action, the pivot's reward after it): move to a better child, else restart or stay."""
+        b = int(rewards.argmax())
+        if rewards[b] > pivot_reward:
+            return b, "move", float(rewards[b])
+        return (b, "restart", -math.inf) if self.restart == "resample" else (b, "stay", pivot_reward)
 
-    def config(self) -> dict:
-        return {"method": self.name, "n_neighbors": self.n_neighbors, "lambda_": self.lambda_,
-                "iterations": self.iterations, "restart": self.restart}
+    def run(self, run) -> None:
+        pivot = run.initial(1)
+        final, _ = run.rollout(pivot)
+        pivot_reward = float(run.evaluate(final, 0, 0, lambda r: {"pivot_reward": float(r[0]), "action": "start"})[0])
+        for g, n in enumerate(run.plan["neighbors"], start=1):
+            children = run.branch(pivot, [0] * n, "neighbor", rate=self.lambda_)
+            finals, _ = run.rollout(children)
 
-    def run(self, ctx: SearchContext) -> None:
-        T = ctx.num_steps
-        sizes = self.plan(ctx.nfe_budget, T)
-        ctx.set_planned_nfe(T * (1 + sum(sizes)))
-        ctx.plan = {"iterations": len(sizes), "neighbors": sizes}
-        stepper = ctx.stepper
+            def info(rewards, before=pivot_reward):
+                _, action, after = self._decide(rewards, before)
+                return {"pivot_reward": after if math.isfinite(after) else None, "action": action}
 
-        pivot = Lineage.init(ctx.new_seed(), ctx.request)
-        pivot_state = apply_events(stepper, None, [pivot.events[0]])
-        final, _ = ctx.rollout(pivot_state, [pivot], start=0)
-        pivot_reward = float(ctx.evaluate(final, [pivot], generation=0, step=0)[0])
-        ctx.history[-1].update(pivot_reward=pivot_reward, action="start")
-
-        for g, n in enumerate(sizes, start=1):
-            children = [pivot.then("neighbor", 0, ctx.new_seed(), self.lambda_) for _ in range(n)]
-            states = apply_events(stepper, stepper.select(pivot_state, [0] * n), [c.events[-1] for c in children])
-            finals, _ = ctx.rollout(states, children, start=0)
-            rewards = ctx.evaluate(finals, children, generation=g, step=0)
-            b = int(rewards.argmax())
-            if rewards[b] > pivot_reward:
-                pivot, pivot_state, pivot_reward = children[b], stepper.select(states, [b]), float(rewards[b])
-                action = "move"
-            elif self.restart == "resample":
-                pivot = Lineage.init(ctx.new_seed(), ctx.request)
-                pivot_state = apply_events(stepper, None, [pivot.events[0]])
-                pivot_reward, action = -math.inf, "restart"
-            else:
-                action = "stay"
-            ctx.history[-1].update(pivot_reward=pivot_reward if math.isfinite(pivot_reward) else None, action=action)
-
-    def __repr__(self) -> str:
-        return (f"ZeroOrderSearch(n_neighbors={self.n_neighbors}, lambda_={self.lambda_}, "
-                f"iterations={self.iterations}, restart={self.restart!r})")
+            b, action, pivot_reward = self._decide(run.evaluate(finals, g, 0, info), pivot_reward)
+            if action == "move":
+                pivot = children.select([b])
+            elif action == "restart":
+                pivot = run.initial(1)

@@ -122,6 +122,20 @@ class _ShapesPipelineBase(DiffusionPipeline):
         npe, npooled = self._encode_text([self.check_prompt(negative_prompt, "negative_prompt")], device)
         return pe, npe.expand_as(pe), pooled, npooled.expand_as(pooled)
 
+    def stepper_conditioning(self, prompt: str, negative_prompt: str | None, do_classifier_free_guidance: bool,
+                             device) -> tuple[dict, dict | None]:
+        """Per-request conditioning for a Stepper: ({"embeds", "pooled"} of the prompt, of the negative
+        prompt or None), each with a leading batch dimension of 1 (see :meth:`denoiser_output`)."""
+        pe, npe, pooled, npooled = self.encode_prompt(prompt, device, 1, do_classifier_free_guidance, negative_prompt)
+        cond = {"embeds": pe, "pooled": pooled}
+        return cond, ({"embeds": npe, "pooled": npooled} if do_classifier_free_guidance else None)
+
+    def default_judge(self):
+        """The world's exact judge (a SearchPipeline uses it unless told otherwise)."""
+        from .judge import Judge
+
+        return Judge()
+
     def denoiser_output(self, sample: torch.Tensor, timestep, embeds: torch.Tensor, pooled: torch.Tensor):
         """The UNet's raw output for a batch (v for both variants, in each variant's own sense)."""
         return self.unet(sample, timestep, encoder_hidden_states=embeds, class_labels=pooled, return_dict=False)[0]

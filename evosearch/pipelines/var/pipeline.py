@@ -33,7 +33,7 @@ class VARPipeline:
     def __call__(self, prompt, num_images_per_prompt: int = 1, seed: int = 0, guidance_scale: float | None = None,
                  max_batch_size: int = 16, **sampling) -> torch.Tensor:
         """Images (n, 3, H, W) in [0, 1]; sample k uses noise seeds derived from (seed, k)."""
-        from ..base import derive_seed
+        from ...core.noise import derive_seed
 
         stepper = VARStepper(self, max_batch_size=max_batch_size)
         stepper.prepare(prompt, guidance_scale=guidance_scale, **sampling)

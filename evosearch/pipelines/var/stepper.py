@@ -10,7 +10,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..base import Request, Stepper
+from ...core.noise import NoiseSeeds, uniform_rows
+from ...core.records import Request
+from ...core.stepper import Stepper
 from .adapter import VARAdapter
 from .sampling import sample_tokens
 from .state import VARState
@@ -31,6 +33,7 @@ class VARStepper(Stepper):
     """
 
     family = "var"
+    base_capabilities = frozenset({"scales"})
 
     def __init__(self, pipe, max_batch_size: int = 16, eta: float = 1.0, adapter: VARAdapter | None = None):
         super().__init__(pipe, max_batch_size=max_batch_size, eta=eta)
@@ -52,13 +55,17 @@ class VARStepper(Stepper):
     def denoiser(self) -> torch.nn.Module:
         return self.adapter.module
 
-    @property
-    def device(self) -> torch.device:
+    def _resolve_device(self) -> torch.device:
         return self.adapter.device
 
-    @property
-    def dtype(self) -> torch.dtype:
+    def _resolve_dtype(self) -> torch.dtype:
         return self.adapter.dtype
+
+    @property
+    def capabilities(self) -> frozenset:
+        """Next-scale states ("scales"); "stochastic" when the request samples tokens (not greedy)."""
+        sampling = self.request is not None and self.noise_scale(0) > 0
+        return self.base_capabilities | ({"stochastic"} if sampling else set())
 
     @property
     def default_num_inference_steps(self) -> int:
@@ -130,8 +137,7 @@ class VARStepper(Stepper):
     def sample_noise(self, seeds: Sequence[int]) -> torch.Tensor:
         """Uniforms in [0, 1) (N, max draws per scale), float32 on the CPU; row k from a
         generator seeded with ``seeds[k]`` (the same seed gives the same row in any batch)."""
-        rows = [torch.rand(self.state_shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
-        return torch.stack(rows) if rows else torch.empty((0, *self.state_shape))
+        return uniform_rows(self.state_shape, seeds)
 
     def start(self, seeds: Sequence[int]) -> VARState:
         """The state before scale 0, one row per seed (nothing random yet: the first draws happen at step 0)."""
@@ -151,9 +157,10 @@ class VARStepper(Stepper):
                                   "diffusion or flow Stepper; use TTSVAR for next-scale models)")
 
     @torch.no_grad()
-    def step(self, states: VARState, i: int, noise: torch.Tensor | None = None) -> VARState:
+    def step(self, states: VARState, i: int, noise=None, on_batch=None) -> VARState:
         """Sample scale i for every row (N rows in, N rows out); ``noise`` (N, >= draws_at(i))
-        uniforms, None for greedy. Counts N NFE and N * tokens_at(i) tokens."""
+        uniforms or :class:`~evosearch.core.NoiseSeeds`, None for greedy. Counts N NFE and
+        N * tokens_at(i) tokens; ``on_batch(rows)`` after each micro-batch."""
         self._require_request()
         if not isinstance(states, VARState):
             raise TypeError(f"states: expected a VARState (from start() or step()), got {type(states).__name__}")
@@ -163,7 +170,10 @@ class VARStepper(Stepper):
             raise ValueError(f"states: are at scale {states.scale}; step {i} needs states at scale {i}")
         n = len(states)
         m = self.adapter.draws_at(i)
-        if noise is not None:
+        if isinstance(noise, NoiseSeeds):
+            if len(noise) != n:
+                raise ValueError(f"noise: expected {n} seeds, got {len(noise)}")
+        elif noise is not None:
             if noise.ndim != 2 or noise.shape[0] != n or noise.shape[1] < m:
                 raise ValueError(f"noise: expected uniforms of shape ({n}, >= {m}) (e.g. sample_noise(seeds)), "
                                  f"got {tuple(noise.shape)}")
@@ -176,11 +186,15 @@ class VARStepper(Stepper):
             logits = logits_c.float()
             if logits_u is not None:
                 logits = logits_u.float() + g * (logits - logits_u.float())
-            u = None if noise is None else noise[sl, :m]
+            u = None if noise is None else (self.sample_noise(noise.seeds[sl]) if isinstance(noise, NoiseSeeds)
+                                            else noise[sl])[:, :m]
             idx = sample_tokens(logits, u, x["top_k"], x["top_p"], x["temperature"])
             out.append(self.adapter.update(chunk, i, idx, kv))
-        self.nfe += n
-        self.tokens += n * self.adapter.tokens_at(i)
+            rows = sl.stop - sl.start
+            self.nfe += rows
+            self.tokens += rows * self.adapter.tokens_at(i)
+            if on_batch is not None:
+                on_batch(rows)
         return VARState.cat(out) if out else states
 
     # -- outputs -------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""Mutation operators on states (any tensor layout; the noise is passed in)."""
+"""State changes that lineage events make (any tensor layout; the noise is passed in).
+
+These are the operators behind the event kinds of :mod:`evosearch.core.lineage`; search
+methods never call them directly, they add events and let the engine apply them.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +19,21 @@ def vp_mutation(x: torch.Tensor, noise: torch.Tensor, rate: float) -> torch.Tens
 
 
 def sigma_mutation(x: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Mutation of an intermediate state by the sampler's own step std: x + sigma * noise."""
+    """Mutation of an intermediate state by the sampler's own step std: x + sigma * noise
+    (the EvoSearch authors' operator; it adds variance, so the state leaves the sampler's law)."""
     return x + sigma * noise.to(x.dtype)
+
+
+def resample_mutation(x: torch.Tensor, injected: torch.Tensor, noise: torch.Tensor, c: float,
+                      rate: float) -> torch.Tensor:
+    """Re-draw a fraction ``rate`` (beta) of the noise ``injected`` (z_e) that the step into x put in
+    with std ``c``: ``x + c ((sqrt(1 - beta^2) - 1) z_e + beta z')``. The result is the same step
+    with noise sqrt(1 - beta^2) z_e + beta z' ~ N(0, I), so its law given the parent state is
+    the sampler's own."""
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"mutation_rate: must be in [0, 1], got {rate}")
+    keep = math.sqrt(1.0 - rate * rate)
+    return x + c * ((keep - 1.0) * injected.to(x.dtype) + rate * noise.to(x.dtype))
 
 
 def _row_sum(t: torch.Tensor) -> torch.Tensor:
@@ -40,22 +57,3 @@ def sphere_neighbor(x: torch.Tensor, noise: torch.Tensor, cos: float) -> torch.T
     u_perp = u - _row_sum(u * x32) / xx * x32
     direction = u_perp / _row_sum(u_perp * u_perp).sqrt()
     return (cos * x32 + math.sqrt(1.0 - cos * cos) * xx.sqrt() * direction).to(x.dtype)
-
-
-def forward_renoise(x: torch.Tensor, noise: torch.Tensor, a_from: float, s_from: float, a_to: float,
-                    s_to: float) -> torch.Tensor:
-    """Move a state back to a noisier level with the forward process. With the schedule
-    ``x_t = a_t x0 + s_t eps``, from level j (a_from, s_from) to a noisier level k
-    (a_to, s_to)::
-
-        x_k = (a_k / a_j) x_j + sqrt(s_k^2 - (a_k s_j / a_j)^2) * noise
-
-    which gives x_k = a_k x0 + (noise of variance s_k^2): the marginal of level k."""
-    if a_from <= 0.0:
-        raise ValueError(f"from_step: cannot re-noise from a level with signal coefficient a = {a_from} (pure noise)")
-    ratio = a_to / a_from
-    var = s_to * s_to - (ratio * s_from) ** 2
-    if var < -1e-9 * max(1.0, s_to * s_to):
-        raise ValueError(f"to_step: re-noising must go to a noisier level (s/a must grow): from s/a = "
-                         f"{s_from / a_from:.4g} to {s_to / max(a_to, 1e-300):.4g}")
-    return ratio * x + math.sqrt(max(var, 0.0)) * noise.to(x.dtype)

@@ -1,6 +1,6 @@
-"""Resampling for particle methods (FK steering, TTS-VAR): weights, effective sample size,
-resampling schemes and the Feynman-Kac reward potentials. Pure numpy; every random number
-comes from the ``numpy.random.Generator`` passed in."""
+"""Resampling for particle methods (FK steering, TTS-VAR): weights, effective sample size and
+resampling schemes. Pure numpy; every random number comes from the ``numpy.random.Generator``
+passed in."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import math
 import numpy as np
 
 SCHEMES = ("multinomial", "systematic", "stratified")
-POTENTIALS = ("diff", "max", "rt", "add")
 
 
 # -- weights ------------------------------------------------------------------------------
@@ -89,65 +88,3 @@ def resample(weights, scheme: str, rng: np.random.Generator, n: int | None = Non
     if scheme not in RESAMPLERS:
         raise ValueError(f"resampling: unknown scheme {scheme!r}; allowed: {', '.join(SCHEMES)}")
     return RESAMPLERS[scheme](weights, rng, n)
-
-
-# -- Feynman-Kac potentials ------------------------------------------------------------------
-class Potentials:
-    """Per-particle Feynman-Kac potentials on intermediate rewards r_t (Singhal et al. 2025).
-
-    At each potential step (:meth:`step`) with the particles' preview rewards r_t::
-
-        diff  G_t = exp(lambda (r_t - r_prev))        r_prev: the particle's previous reward (0 at first)
-        max   G_t = exp(lambda max(r_t, m))           m: the particle's running max (-inf at first), then updated
-        rt    G_t = exp(lambda r_t)
-        add   G_t = exp(lambda (r_t + S))             S: sum of the particle's earlier rewards, then S += r_t
-
-    and at the end (:meth:`final`), on the reward of the sample itself,
-    ``G_T = exp(lambda r(x0)) / prod_t G_t`` over the particle's ancestry, so that the
-    product of all potentials of a path is exp(lambda r(x0)): the target is
-    p(x0) exp(lambda r(x0)) for every choice (for "diff" this is its own telescoping form).
-    Everything is kept as logs. :meth:`select` re-indexes the state after resampling.
-    """
-
-    def __init__(self, kind: str, lambda_: float, n: int):
-        if kind not in POTENTIALS:
-            raise ValueError(f"potential: unknown potential {kind!r}; allowed: {', '.join(POTENTIALS)}")
-        if not math.isfinite(float(lambda_)) or float(lambda_) < 0:
-            raise ValueError(f"lambda_: must be a finite number >= 0, got {lambda_!r}")
-        self.kind = kind
-        self.lambda_ = float(lambda_)
-        self.prev = np.zeros(n)
-        self.running_max = np.full(n, -np.inf)
-        self.running_sum = np.zeros(n)
-        self.log_prod = np.zeros(n)  # sum of the log potentials along each particle's ancestry
-
-    def step(self, rewards) -> np.ndarray:
-        """log G_t for preview rewards r_t (one per particle); updates the running state."""
-        r = np.asarray(rewards, dtype=np.float64)
-        lam = self.lambda_
-        if self.kind == "diff":
-            log_g = lam * (r - self.prev)
-        elif self.kind == "max":
-            self.running_max = np.maximum(r, self.running_max)
-            log_g = lam * self.running_max
-        elif self.kind == "rt":
-            log_g = lam * r
-        else:  # add
-            self.running_sum = self.running_sum + r
-            log_g = lam * self.running_sum
-        self.prev = r
-        self.log_prod = self.log_prod + log_g
-        return log_g
-
-    def final(self, rewards) -> np.ndarray:
-        """log G_T = lambda r(x0) - sum of the earlier log potentials of each particle's path."""
-        r = np.asarray(rewards, dtype=np.float64)
-        log_g = self.lambda_ * r - self.log_prod
-        self.log_prod = self.log_prod + log_g
-        return log_g
-
-    def select(self, index) -> None:
-        """Particle k now descends from particle ``index[k]``."""
-        idx = np.asarray(index, dtype=np.int64)
-        self.prev, self.running_max = self.prev[idx], self.running_max[idx]
-        self.running_sum, self.log_prod = self.running_sum[idx], self.log_prod[idx]

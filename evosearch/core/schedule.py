@@ -15,6 +15,7 @@ forward process for any eta, which is what search over intermediate states needs
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -62,3 +63,21 @@ class NoiseSchedule:
                 raise ValueError(f"noise: step {i} is stochastic (std {c:.4g}); pass the noise explicitly")
             x = x + c * noise.to(x.dtype)
         return x
+
+    def renoise(self, x: torch.Tensor, from_index: int, to_index: int, noise: torch.Tensor) -> torch.Tensor:
+        """Move states at level ``from_index`` (j) back to the noisier level ``to_index`` (k <= j)
+        with the forward process::
+
+            x_k = (a_k / a_j) x_j + sqrt(s_k^2 - (a_k s_j / a_j)^2) * noise
+
+        which gives x_k = a_k x0 + (noise of variance s_k^2): the marginal of level k."""
+        a_from, s_from, a_to, s_to = (float(v) for v in (self.a[from_index], self.s[from_index], self.a[to_index],
+                                                          self.s[to_index]))
+        if a_from <= 0.0:
+            raise ValueError(f"from_step: cannot re-noise from a level with signal coefficient a = {a_from} (pure noise)")
+        ratio = a_to / a_from
+        var = s_to * s_to - (ratio * s_from) ** 2
+        if var < -1e-9 * max(1.0, s_to * s_to):
+            raise ValueError(f"to_step: re-noising must go to a noisier level (s/a must grow): from s/a = "
+                             f"{s_from / a_from:.4g} to {s_to / max(a_to, 1e-300):.4g}")
+        return ratio * x + math.sqrt(max(var, 0.0)) * noise.to(x.dtype)

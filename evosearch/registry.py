@@ -1,0 +1,226 @@
+"""The one table every front-end uses: search methods, bundled models, rewards.
+
+The CLI, batch runs, the Gradio app and the ComfyUI nodes list, build and describe
+methods, models and rewards from here, so that a name means the same thing everywhere.
+Errors are :class:`~evosearch.core.validation.ParameterError` (a ValueError) naming the
+parameter; front-ends show them in one line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Callable
+
+from .core.validation import ParameterError, check_choice, check_int, describe
+from .search import TTSVAR, BestOfN, EvoSearch, ParticleSearch, PathSearch, TreeOfFrames, ZeroOrderSearch
+from .search.method import SearchMethod
+
+#: name (as the CLI spells it) -> method class
+METHODS: dict[str, type[SearchMethod]] = {
+    "evosearch": EvoSearch, "best-of-n": BestOfN, "zero-order": ZeroOrderSearch, "paths": PathSearch,
+    "particles": ParticleSearch, "tts-var": TTSVAR, "tree-of-frames": TreeOfFrames,
+}
+#: what the front-ends' one "population" number sets, per method (None: the method sizes itself)
+POPULATION_PARAMETER = {"evosearch": None, "best-of-n": "n", "zero-order": "n_neighbors", "paths": "n_keep",
+                        "particles": "n_particles", "tts-var": "n", "tree-of-frames": "roots"}
+METHOD_SUMMARIES = {
+    "evosearch": "evolution over the initial noise and intermediate states (He et al. 2025)",
+    "best-of-n": "N independent samples, keep the best (random search)",
+    "zero-order": "neighbours of a pivot noise on a cosine sphere; move to the best",
+    "paths": "re-noise the best intermediate states, widen, denoise again",
+    "particles": "sequential Monte Carlo on reward potentials (FK steering)",
+    "tts-var": "next-scale models: shrinking batch, clustering then resampling (TTS-VAR)",
+    "tree-of-frames": "videos segment by segment, pruned by the reward (Video-T1)",
+}
+
+
+def method_options(name: str) -> tuple[str, ...]:
+    """The keyword arguments ``build_method(name, ...)`` accepts besides ``population``."""
+    return tuple(f.name for f in fields(METHODS[name]))
+
+
+def build_method(name: str, population: int | None = None, **options) -> SearchMethod:
+    """The method ``name`` with ``population`` (see :data:`POPULATION_PARAMETER`; None: sized from the
+    budget) and any of its own hyperparameters as keyword arguments."""
+    check_choice("method", name, METHODS)
+    check_int("population", population, lo=1, allow_none=True, hint=" (None: sized from the nfe_budget)")
+    unknown = sorted(set(options) - set(method_options(name)))
+    if unknown:
+        raise ParameterError(f"{unknown[0]}: not an option of {name}; its options are "
+                             f"{', '.join(method_options(name))}")
+    if population is not None:
+        param = POPULATION_PARAMETER[name]
+        if param is None:
+            raise ParameterError(f"population: {name} sizes its populations from nfe_budget (or from "
+                                 f"evolution_schedule/population_schedule); leave population unset")
+        options[param] = population
+    return METHODS[name](**options)
+
+
+# ------------------------------------------------------------------------------------ models
+@dataclass(frozen=True)
+class ModelEntry:
+    """A bundled world: how to load its pipeline, its default reward (a REWARDS name), example
+    prompts by category, the default prompt, and the methods it can run."""
+
+    name: str
+    summary: str
+    load: Callable[..., object]
+    reward: str
+    default_prompt: str
+    examples: dict
+    methods: tuple[str, ...]
+
+
+def _shapes(variant: str):
+    def load(device: str = "cpu"):
+        from .bundled import shapes
+
+        return shapes.load_pipeline(variant, device=device)
+
+    return load
+
+
+def _shapes_examples() -> dict:
+    from .bundled.shapes.grammar import benchmark_prompts
+
+    out: dict[str, list[str]] = {}
+    for category, prompt in benchmark_prompts():
+        out.setdefault(category, []).append(prompt)
+    return {k: v[:3] for k, v in out.items()}
+
+
+_IMAGE_METHODS = ("evosearch", "best-of-n", "zero-order", "paths", "particles")
+
+
+def _digits(device: str = "cpu"):
+    from .bundled import digits
+
+    return digits.load_pipeline(device=device)
+
+
+def _var_digits(device: str = "cpu"):
+    from .bundled import var_digits
+
+    return var_digits.load_pipeline(device=device)
+
+
+def _moving_digits(device: str = "cpu"):
+    from .bundled import moving_digits
+
+    return moving_digits.load_pipeline(device=device)
+
+
+MODELS: dict[str, ModelEntry] = {
+    "shapes": ModelEntry("shapes", "coloured shapes from compositional prompts (diffusion; exact judge)",
+                         _shapes("diffusion"), "shapes-clip", "a red circle left of a blue square",
+                         {}, _IMAGE_METHODS),
+    "shapes-flow": ModelEntry("shapes-flow", "the shapes world's flow-matching variant (exact judge)",
+                              _shapes("flow"), "shapes-clip", "a red circle left of a blue square", {},
+                              _IMAGE_METHODS),
+    "digits": ModelEntry("digits", "handwritten digits 0-9 (class-conditional diffusion; SVC judge)", _digits,
+                         "digits", "3", {"digits": ["3", "7", "digit 2"]}, _IMAGE_METHODS),
+    "var-digits": ModelEntry("var-digits", "handwritten digits, next-scale (VAR) model", _var_digits, "digits",
+                             "3", {"digits": ["3", "7"]}, ("tts-var", "best-of-n")),
+    "moving-digits": ModelEntry("moving-digits", "a digit sliding across the canvas (segment video model)",
+                                _moving_digits, "moving-digits", "3", {"digits": ["3", "5"]},
+                                ("tree-of-frames", "best-of-n", "evosearch")),
+}
+DEFAULT_MODEL = "shapes"
+
+
+def model_examples(name: str) -> dict:
+    """Example prompts of a bundled model, by category."""
+    check_choice("model", name, MODELS)
+    entry = MODELS[name]
+    return _shapes_examples() if name.startswith("shapes") else dict(entry.examples)
+
+
+# ----------------------------------------------------------------------------------- rewards
+@dataclass(frozen=True)
+class RewardEntry:
+    """A reward by name: its loader ``load(checkpoint=None, device="cpu")``, whether it needs
+    downloaded weights (no checkpoint given), whether it scores videos, and for which models."""
+
+    name: str
+    summary: str
+    load: Callable[..., object]
+    needs_weights: bool
+    video: bool = False
+    models: tuple[str, ...] | None = None  # None: any model
+
+
+def _reward_shapes(checkpoint=None, device="cpu"):
+    from .bundled import shapes
+
+    return shapes.load_reward(path=checkpoint, device=device)
+
+
+def _reward_digits(checkpoint=None, device="cpu"):
+    from .bundled import digits
+
+    return digits.load_reward(path=checkpoint, device=device)
+
+
+def _reward_moving_digits(checkpoint=None, device="cpu"):
+    from .bundled import moving_digits
+
+    return moving_digits.load_reward(path=checkpoint, device=device)
+
+
+def _reward_clip(checkpoint=None, device="cpu"):
+    from .rewards.clip import CLIPScore
+
+    return CLIPScore(checkpoint=checkpoint, device=device) if checkpoint else CLIPScore(device=device)
+
+
+def _reward_aesthetic(checkpoint=None, device="cpu"):
+    from .rewards.clip import Aesthetic
+
+    return Aesthetic(mlp_checkpoint=checkpoint, device=device) if checkpoint else Aesthetic(device=device)
+
+
+REWARDS: dict[str, RewardEntry] = {
+    "shapes-clip": RewardEntry("shapes-clip", "the shapes world's contrastive image-text score (bundled)",
+                               _reward_shapes, False, models=("shapes", "shapes-flow")),
+    "digits": RewardEntry("digits", "log-probability of the digit by the bundled classifier", _reward_digits, False,
+                          models=("digits", "var-digits")),
+    "moving-digits": RewardEntry("moving-digits", "per-frame digit classifier on videos (bundled)",
+                                 _reward_moving_digits, False, video=True, models=("moving-digits",)),
+    "clip": RewardEntry("clip", "CLIPScore (open_clip ViT; weights from the hub or --reward-checkpoint)",
+                        _reward_clip, True),
+    "aesthetic": RewardEntry("aesthetic", "LAION aesthetic predictor on CLIP ViT-L/14 (hub weights)",
+                             _reward_aesthetic, True),
+}
+
+
+def default_reward(model: str | None) -> str:
+    """The reward a model is searched with unless told otherwise (``clip`` for a diffusers folder)."""
+    return MODELS[model].reward if model in MODELS else "clip"
+
+
+def load_reward(name: str, checkpoint: str | None = None, device: str = "cpu"):
+    """A reward by registry name, or ``module:attr`` naming an importable Reward (instance, class or
+    callable)."""
+    if not isinstance(name, str) or not name:
+        raise ParameterError(f"reward: expected a reward name ({', '.join(REWARDS)}) or module:attr, "
+                             f"got {describe(name)}")
+    if name in REWARDS:
+        return REWARDS[name].load(checkpoint=checkpoint, device=device)
+    if ":" not in name:
+        raise ParameterError(f"reward: unknown reward {name!r}; allowed: {', '.join(REWARDS)}, or module:attr")
+    import importlib
+
+    from .rewards.base import Reward, as_reward
+
+    module, _, attr = name.partition(":")
+    try:
+        obj = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise ParameterError(f"reward: cannot import {name!r} ({err})") from None
+    if isinstance(obj, type) and issubclass(obj, Reward):
+        obj = obj()
+    try:
+        return as_reward(obj)
+    except TypeError as err:
+        raise ParameterError(f"reward: {name!r}: {err}") from None
