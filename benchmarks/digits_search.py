@@ -20,10 +20,8 @@ import numpy as np
 import torch
 
 from evosearch import BestOfN, EvoSearch, SearchPipeline
+from evosearch.bundled.digits import DigitClassifierReward, DigitJudge, load_digits_pipeline
 from evosearch.io import atomic_write_bytes, atomic_write_json
-from evosearch.judge import DigitJudge
-from evosearch.pipelines.digits import load_digits_pipeline
-from evosearch.rewards.digits import DigitClassifierReward
 
 
 def run(search: SearchPipeline, method, seeds, steps, budget, judge):

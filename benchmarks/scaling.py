@@ -37,9 +37,7 @@ class DigitsSuite:
     name = "digits"
 
     def __init__(self):
-        from evosearch.judge import DigitJudge
-        from evosearch.pipelines.digits import load_digits_pipeline
-        from evosearch.rewards.digits import DigitClassifierReward
+        from evosearch.bundled.digits import DigitClassifierReward, DigitJudge, load_digits_pipeline
 
         self.pipe = load_digits_pipeline()
         self.reward = DigitClassifierReward()

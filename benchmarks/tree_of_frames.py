@@ -29,7 +29,7 @@ import torch
 
 from evosearch import BestOfN, SearchPipeline, TreeOfFrames
 from evosearch.io import atomic_write_json
-from evosearch.pipelines.moving_digits import MovingDigitJudge, load_moving_digits_pipeline, moving_digits_reward
+from evosearch.bundled.moving_digits import MovingDigitJudge, load_moving_digits_pipeline, moving_digits_reward
 from evosearch.rewards.video import TemporalConsistency
 
 

@@ -31,10 +31,9 @@ import numpy as np
 import torch
 
 from evosearch import TTSVAR, BestOfN, FunctionReward, SearchPipeline
+from evosearch.bundled.digits import DigitJudge, load_digits_images, parse_digit
+from evosearch.bundled.var_digits import load_var_digits_pipeline
 from evosearch.io import atomic_write_json
-from evosearch.judge import DigitJudge
-from evosearch.pipelines.digits import load_digits_images, parse_digit
-from evosearch.pipelines.var_digits import load_var_digits_pipeline
 
 
 def logistic_reward():
@@ -55,7 +54,7 @@ def logistic_reward():
 def make_reward(name: str):
     if name in ("auto", "digits"):
         try:
-            from evosearch.rewards.digits import DigitClassifierReward
+            from evosearch.bundled.digits import DigitClassifierReward
 
             return DigitClassifierReward(), "DigitClassifierReward (bundled CNN, log p)"
         except (FileNotFoundError, ImportError) as e:

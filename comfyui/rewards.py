@@ -73,7 +73,7 @@ class EvoSearchDigitReward(_RewardLoader):
         }}
 
     def load(self, target, kind, classifier_path=""):
-        from evosearch.rewards.digits import DigitClassifierReward
+        from evosearch.bundled.digits import DigitClassifierReward
 
         return (DigitClassifierReward(path=resolve_path(classifier_path), target=None if target < 0 else int(target),
                                       kind=kind),)

@@ -38,17 +38,17 @@ def build_method(name: str, population: int | None = None):
 def load_model(model: str | None, device: str):
     """The bundled digits pipeline (model None or "digits") or a local diffusers folder."""
     if model in (None, "digits", "bundled"):
-        from .pipelines.digits import load_digits_pipeline
+        from .bundled import digits
 
-        return load_digits_pipeline(device=device)
+        return digits.load_pipeline(device=device)
     if model == "var-digits":  # the bundled next-scale (VAR) digits model
-        from .pipelines.var_digits import load_var_digits_pipeline
+        from .bundled import var_digits
 
-        return load_var_digits_pipeline(device=device)
+        return var_digits.load_pipeline(device=device)
     if model == "moving-digits":  # the bundled segment-wise video model (use with --method tree-of-frames)
-        from .pipelines.moving_digits import load_moving_digits_pipeline
+        from .bundled import moving_digits
 
-        return load_moving_digits_pipeline(device=device)
+        return moving_digits.load_pipeline(device=device)
     path = Path(model)
     if not path.is_dir() or not (path / "model_index.json").exists():
         raise SystemExit(f"--model: {model!r} is not a local diffusers folder (a directory with model_index.json); "
@@ -93,13 +93,13 @@ def load_reward(name: str, checkpoint: str | None, device: str):
         except TypeError as e:
             raise SystemExit(f"--reward: {name!r}: {e}")
     if name == "moving-digits":  # the bundled frame classifier, averaged over frames
-        from .pipelines.moving_digits import moving_digits_reward
+        from .bundled import moving_digits
 
-        return moving_digits_reward(path=checkpoint)
+        return moving_digits.load_reward(path=checkpoint)
     if name == "digits":
-        from .rewards.digits import DigitClassifierReward
+        from .bundled import digits
 
-        return DigitClassifierReward(path=checkpoint)
+        return digits.load_reward(path=checkpoint)
     if name == "clip":
         from .rewards.clip import CLIPScore
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train the bundled "digits" models into evosearch/assets/digits/.
+"""Train the bundled "digits" models into evosearch/bundled/assets/digits/.
 
     python scripts/train_digits.py            # ~3-5 minutes on 2 CPU cores
 
@@ -10,7 +10,7 @@ Writes
   - training_summary.json: seeds, timings, classifier/judge accuracy and the hit-rate table
 
 Data: scikit-learn's load_digits (1797 8x8 images, bundled with scikit-learn), the fixed
-split of evosearch.pipelines.digits.digits_split (first 1200 of a seed-0 permutation
+split of evosearch.bundled.digits.digits_split (first 1200 of a seed-0 permutation
 for training, 597 held out), upsampled to 16x16 (bilinear) and scaled to [-1, 1].
 
 Everything is seeded and the data order is fixed, so a rerun on the same machine /
@@ -42,19 +42,22 @@ sys.path.insert(0, str(ROOT))
 
 from diffusers import DDIMScheduler, UNet2DModel  # noqa: E402
 
-from evosearch.judge import DigitJudge  # noqa: E402
-from evosearch.pipelines.digits import (  # noqa: E402
+from evosearch.bundled.digits import (  # noqa: E402
     NULL_CLASS_LABEL,
+    DigitClassifierReward,
+    DigitCNN,
+    DigitJudge,
     DigitsPipeline,
-    bundled_digits_path,
     load_digits_images,
+    load_digits_pipeline,
+    save_digit_classifier,
 )
-from evosearch.rewards.digits import DigitCNN, DigitClassifierReward, save_digit_classifier  # noqa: E402
+from evosearch.bundled.paths import asset_path  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=bundled_digits_path(), help="output folder (default: the bundled assets)")
+    p.add_argument("--out", type=Path, default=asset_path("digits"), help="output folder (default: the bundled assets)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (fixed for reproducibility; 1 is also the fastest on a busy 2-core machine)")
     # generator
@@ -274,8 +277,6 @@ def main(argv=None):
             f.chmod(0o644)
 
     # reload exactly what users get, then measure
-    from evosearch.pipelines.digits import load_digits_pipeline
-
     pipe = load_digits_pipeline(path=out)
     reward = DigitClassifierReward(path=out / "classifier")
     t = time.time()

@@ -1,18 +1,18 @@
 #!/usr/bin/env python
-"""Train the bundled "moving digits" segment model into evosearch/assets/moving_digits/.
+"""Train the bundled "moving digits" segment model into evosearch/bundled/assets/moving_digits/.
 
     python scripts/train_moving_digits.py            # ~5-7 minutes on one CPU core (7.4 min on a busy one)
 
 Writes
   - a MovingDigitsPipeline (diffusers UNet2DModel over segment frames + context channels,
     class-conditional, v-prediction, DDIMScheduler) via save_pretrained: model_index.json, unet/, scheduler/
-  - the reward: a frame classifier (evosearch.rewards.digits.DigitCNN on 16x16 canvases with the
+  - the reward: a frame classifier (evosearch.bundled.digits.DigitCNN on 16x16 canvases with the
     digit anywhere): classifier/config.json + classifier/model.safetensors
   - training_summary.json: settings, timings, classifier/judge accuracy and sample quality
 
 Data: scikit-learn's load_digits (8x8 sprites, the fixed train split of
-evosearch.pipelines.digits.digits_split), moving on a 16x16 canvas
-(evosearch.pipelines.moving_digits.moving_digit_videos). Everything is seeded, the thread
+evosearch.bundled.digits.digits_split), moving on a 16x16 canvas
+(evosearch.bundled.moving_digits.moving_digit_videos). Everything is seeded, the thread
 count is fixed (--threads, default 1) and the data stream is a seeded numpy Generator, so a
 rerun on the same machine / torch build reproduces the weights.
 
@@ -36,24 +36,23 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from evosearch.pipelines.moving_digits import (  # noqa: E402
-    NULL_CLASS_LABEL,
+from evosearch.bundled.digits import NULL_CLASS_LABEL, DigitClassifierReward, DigitCNN, save_digit_classifier  # noqa: E402
+from evosearch.bundled.moving_digits import (  # noqa: E402
     MovingDigitJudge,
     MovingDigitsPipeline,
-    bundled_moving_digits_path,
     load_digit_sprites,
     make_scheduler,
     make_unet,
     moving_digit_videos,
     training_batch,
 )
-from evosearch.rewards.digits import DigitCNN, DigitClassifierReward, save_digit_classifier  # noqa: E402
+from evosearch.bundled.paths import asset_path  # noqa: E402
 from evosearch.rewards.video import TemporalConsistency  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=bundled_moving_digits_path(), help="output folder")
+    p.add_argument("--out", type=Path, default=asset_path("moving_digits"), help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (fixed for reproducibility)")
     p.add_argument("--steps", type=int, default=2400, help="optimizer steps for the segment UNet")

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
-"""Train the bundled next-scale (VAR) digits model into evosearch/assets/var_digits/.
+"""Train the bundled next-scale (VAR) digits model into evosearch/bundled/assets/var_digits/.
 
     python scripts/train_var_digits.py            # a few minutes on one CPU core
 
 Two stages, both on the fixed train split of scikit-learn's load_digits (1200 images,
-upsampled to 16x16; evosearch.pipelines.digits.load_digits_images):
+upsampled to 16x16; evosearch.bundled.digits.load_digits_images):
 
 1. the multi-scale residual tokenizer (MultiScaleVQ: conv encoder 16x16 -> 8x8x8, one
    shared codebook of 64 entries, token maps 1, 2, 3, 4, 6, 8; conv decoder), trained on
@@ -39,14 +39,14 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from evosearch.judge import DigitJudge  # noqa: E402
-from evosearch.pipelines.digits import NULL_CLASS_LABEL, load_digits_images  # noqa: E402
-from evosearch.pipelines.var_digits import VARDigitsModel, VARDigitsPipeline, bundled_var_digits_path  # noqa: E402
+from evosearch.bundled.digits import NULL_CLASS_LABEL, DigitJudge, load_digits_images  # noqa: E402
+from evosearch.bundled.paths import asset_path  # noqa: E402
+from evosearch.bundled.var_digits import VARDigitsModel, VARDigitsPipeline  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=bundled_var_digits_path())
+    p.add_argument("--out", type=Path, default=asset_path("var_digits"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--patch-nums", type=int, nargs="+", default=[1, 2, 3, 4, 6, 8])
@@ -206,7 +206,8 @@ def main(argv=None):
         log(f"hit rate (judge) at guidance {gs}: {r['hit_rate']:.3f}")
     summary = {
         "seed": args.seed, "threads": args.threads, "torch": torch.__version__,
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        # --out by its folder name: the summary ships in the wheel, where an absolute path means nothing
+        "args": {k: (v.name if k == "out" else str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "seconds": {"tokenizer": round(vq_seconds, 1), "transformer": round(tf_seconds, 1),
                     "train_total": round(train_seconds, 1), "total": round(time.perf_counter() - t0, 1)},
         "tokenizer": {"recon_mse": recon_mse, "codes_used": used, "judge_accuracy_on_reconstructions": recon_acc,

@@ -802,9 +802,9 @@ def test_clip_score_reward_node_loads_a_checkpoint(tmp_path):
 
 
 def test_digit_reward_node():
-    from evosearch.pipelines.digits import bundled_digits_path
+    from evosearch.bundled.paths import asset_path
 
-    if not (bundled_digits_path() / "classifier" / "config.json").is_file():
+    if not (asset_path("digits", "classifier") / "config.json").is_file():
         pytest.skip("the bundled digit classifier is not in this checkout")
     pack = load_pack()
     (reward,) = pack.NODE_CLASS_MAPPINGS["EvoSearchDigitReward"]().load(3, "prob", "")

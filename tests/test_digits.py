@@ -9,19 +9,22 @@ import pytest
 import torch
 from PIL import Image
 
-from evosearch.judge import DigitJudge
-from evosearch.pipelines.digits import (
+from evosearch.bundled.digits import (
+    DigitClassifierReward,
+    DigitCNN,
+    DigitJudge,
     DigitsPipeline,
-    bundled_digits_path,
     digits_split,
+    load_digit_classifier,
     load_digits_images,
     load_digits_pipeline,
     parse_digit,
+    save_digit_classifier,
 )
+from evosearch.bundled.paths import asset_path
 from evosearch.rewards.base import Reward
-from evosearch.rewards.digits import DigitClassifierReward, DigitCNN, load_digit_classifier, save_digit_classifier
 
-ASSETS = bundled_digits_path()
+ASSETS = asset_path("digits")
 needs_assets = pytest.mark.skipif(
     not (ASSETS / "model_index.json").is_file(), reason="bundled digits assets missing; run scripts/train_digits.py"
 )

@@ -1,7 +1,7 @@
 """The Gradio app end to end: driven over HTTP with gradio_client, and in Debian's chromium
 with playwright (never a downloaded browser).
 
-The app runs the bundled digits model and reward (evosearch/assets/digits). Until those
+The app runs the bundled digits model and reward (evosearch/bundled/assets/digits). Until those
 weights exist, a tiny random-weight DigitsPipeline and DigitCNN stand in for them through
 build_app's model/reward registries (the same code path otherwise).
 """
@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from evosearch.apps.gradio_app import build_app, launch
-from evosearch.pipelines.digits import bundled_digits_path
+from evosearch.bundled.paths import asset_path
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -30,7 +30,7 @@ MAX_POP = 32
 
 
 def _bundled_available() -> bool:
-    root = bundled_digits_path()
+    root = asset_path("digits")
     return (root / "model_index.json").is_file() and (root / "classifier" / "model.safetensors").is_file()
 
 
@@ -39,8 +39,7 @@ def _stand_in_registries(tmp: Path):
     import torch
     from diffusers import DDIMScheduler, UNet2DModel
 
-    from evosearch.pipelines.digits import DigitsPipeline
-    from evosearch.rewards.digits import DigitClassifierReward, DigitCNN, save_digit_classifier
+    from evosearch.bundled.digits import DigitClassifierReward, DigitCNN, DigitsPipeline, save_digit_classifier
 
     torch.manual_seed(0)
     unet = UNet2DModel(sample_size=16, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),

@@ -15,7 +15,8 @@ from evosearch import TTSVAR, BestOfN, FunctionReward, SearchPipeline
 from evosearch.pipelines import stepper_for
 from evosearch.core.noise import derive_seed
 from evosearch.pipelines.var import VARState, VARStepper, filter_logits, sample_tokens
-from evosearch.pipelines.var_digits import VARDigitsPipeline, bundled_var_digits_path
+from evosearch.bundled.paths import asset_path
+from evosearch.bundled.var_digits import VARDigitsPipeline
 from evosearch.search.tts_var import DEFAULT_BATCH_SHAPE, kmeans_select, map_batch_shape
 
 K = 6  # the bundled model's scales: 1, 2, 3, 4, 6, 8
@@ -24,7 +25,7 @@ TOKENS = 1 + 4 + 9 + 16 + 36 + 64
 
 @pytest.fixture(scope="module")
 def var_pipe():
-    if not (bundled_var_digits_path() / "model.safetensors").is_file():
+    if not (asset_path("var_digits") / "model.safetensors").is_file():
         pytest.skip("bundled VAR digits weights missing: run scripts/train_var_digits.py")
     return VARDigitsPipeline.from_pretrained()
 
@@ -32,8 +33,7 @@ def var_pipe():
 @pytest.fixture(scope="module")
 def digit_reward():
     """A cheap reward for these tests: the judge's SVC margin for the requested digit."""
-    from evosearch.judge import DigitJudge
-    from evosearch.pipelines.digits import parse_digit
+    from evosearch.bundled.digits import DigitJudge, parse_digit
 
     judge = DigitJudge()
 

@@ -2,13 +2,13 @@
 Tree-of-Frames; video rewards; export_video."""
 
 import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from evosearch import BestOfN, EvoSearch, FunctionReward, SearchPipeline, TreeOfFrames, export_video, testing
+from evosearch.bundled.paths import asset_path
 from evosearch.pipelines import stepper_for
 from evosearch.pipelines.segments import SegmentStepper, WanI2VSegments
 from evosearch.pipelines.video import CogVideoXStepper, HunyuanVideoStepper, LTXStepper, WanStepper
@@ -157,7 +157,7 @@ def test_bad_video_sizes_are_named():
 @pytest.fixture(scope="module")
 def digits_pipe():
     """A moving-digits pipeline with random weights (independent of the bundled assets)."""
-    from evosearch.pipelines.moving_digits import MovingDigitsPipeline, make_scheduler, make_unet
+    from evosearch.bundled.moving_digits import MovingDigitsPipeline, make_scheduler, make_unet
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -380,7 +380,7 @@ def test_cli_writes_a_video_for_video_models(tmp_path):
 
 
 def test_moving_digit_data_and_judge():
-    from evosearch.pipelines.moving_digits import MovingDigitJudge, load_digit_sprites, moving_digit_videos
+    from evosearch.bundled.moving_digits import MovingDigitJudge, load_digit_sprites, moving_digit_videos
 
     sprites, labels = load_digit_sprites("test")
     v = moving_digit_videos(sprites[:20], 12, np.random.default_rng(0))
@@ -396,10 +396,10 @@ def test_moving_digit_data_and_judge():
     assert acc > 0.9
 
 
-@pytest.mark.skipif(not (Path(__file__).resolve().parent.parent / "evosearch" / "assets" / "moving_digits"
-                         / "model_index.json").exists(), reason="bundled moving-digits weights not trained")
+@pytest.mark.skipif(not (asset_path("moving_digits") / "model_index.json").exists(),
+                    reason="bundled moving-digits weights not trained")
 def test_bundled_moving_digits_model():
-    from evosearch.pipelines.moving_digits import load_moving_digits_pipeline, moving_digits_reward
+    from evosearch.bundled.moving_digits import load_moving_digits_pipeline, moving_digits_reward
 
     pipe = load_moving_digits_pipeline()
     frames = pipe("4", num_videos=2, num_inference_steps=5, generator=torch.Generator().manual_seed(0)).frames

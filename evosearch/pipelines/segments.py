@@ -9,7 +9,7 @@ Two layers:
   Implementations: :class:`WanI2VSegments` on diffusers' ``WanImageToVideoPipeline``
   (the last decoded frame of the previous segment is the next segment's image, the first
   segment comes from a ``WanPipeline`` or an image), and the bundled moving-digits model
-  (:mod:`evosearch.pipelines.moving_digits`).
+  (:mod:`evosearch.bundled.moving_digits`).
 
 * :class:`SegmentStepper` — a :class:`~evosearch.core.Stepper` that chains the
   segments: its state is the whole video's latents, (N, S, *segment_shape) for S

@@ -8,15 +8,5 @@ from .imagereward import ImageReward
 from .pickscore import PickScore
 from .video import FrameReward, TemporalConsistency
 
-
-def __getattr__(name):  # the digit reward loads the bundled classifier lazily
-    if name == "DigitClassifierReward":
-        from .digits import DigitClassifierReward
-
-        return DigitClassifierReward
-    raise AttributeError(name)
-
-
 __all__ = ["Reward", "FunctionReward", "as_reward", "to_tensor_images", "CLIPScore", "Aesthetic", "Ensemble",
-           "DigitClassifierReward", "PickScore", "HPSv2", "ImageReward",
-           "FrameReward", "TemporalConsistency"]
+           "PickScore", "HPSv2", "ImageReward", "FrameReward", "TemporalConsistency"]

@@ -55,7 +55,7 @@ model by its public parts: :meth:`~VARAdapter.forward` (one scale through the
 transformer, KV caches in and out), :meth:`~VARAdapter.update` (embed sampled tokens
 into ``f_hat`` and the next input) and :meth:`~VARAdapter.decode`. Adapters here:
 
-- the bundled VAR digits model (:mod:`evosearch.pipelines.var_digits`, ``VARDigitsPipeline``);
+- the bundled VAR digits model (:mod:`evosearch.bundled.var_digits`, ``VARDigitsPipeline``);
 - :class:`FoundationVARAdapter` for FoundationVision's class-conditional VAR
   (https://github.com/FoundationVision/VAR): wrap a ``VAR`` model object as
   ``VARPipeline(FoundationVARAdapter(var))``; prompts are ImageNet class ids, the

@@ -1,6 +1,6 @@
 """The interface a next-scale model implements for the :class:`~evosearch.pipelines.var.stepper.VARStepper`:
 :class:`VARAdapter` (forward one scale with KV caches, update the state with sampled
-tokens, decode). Implementations: ``VARDigitsAdapter`` (:mod:`evosearch.pipelines.var_digits`),
+tokens, decode). Implementations: ``VARDigitsAdapter`` (:mod:`evosearch.bundled.var_digits`),
 :class:`~evosearch.pipelines.var.foundation.FoundationVARAdapter`,
 :class:`~evosearch.pipelines.var.infinity.InfinityAdapter`.
 """

@@ -1,4 +1,4 @@
-"""The bundled next-scale ("VAR") digits model and its pipeline.
+"""The VAR digits world's model: a multi-scale residual tokenizer and a next-scale transformer.
 
 A small class-conditional visual autoregressive model in the style of VAR (Tian et al.
 2024), trained by ``scripts/train_var_digits.py`` on scikit-learn's ``load_digits``
@@ -13,17 +13,12 @@ A small class-conditional visual autoregressive model in the style of VAR (Tian 
   class embedding; scale k's tokens attend to every token of scales <= k (block-causal,
   a KV cache at inference). The first scale's input is the class embedding; scale k's
   input is ``f_hat`` so far, area-downsampled to scale k. Label 10
-  (:data:`NULL_CLASS_LABEL`) is the unconditional class used by classifier-free guidance.
+  (:data:`~evosearch.bundled.digits.prompt.NULL_CLASS_LABEL`) is the unconditional class
+  used by classifier-free guidance;
+- :class:`VARDigitsModel`: both, saved together as ``config.json`` + ``model.safetensors``
+  (weights: ``evosearch/bundled/assets/var_digits/``).
 
-Weights: ``evosearch/assets/var_digits/`` (``config.json`` + ``model.safetensors``).
-
-    >>> pipe = VARDigitsPipeline.from_pretrained()          # the bundled weights
-    >>> out = pipe("digit 3", num_images_per_prompt=4, generator=torch.Generator().manual_seed(0))
-    >>> out.images                                          # 4 PIL images, 16x16
-
-With the default settings (guidance 1, temperature 1, no top-k/top-p) the model draws
-the requested digit only part of the time, so test-time search has room; search drives
-it through :class:`~evosearch.pipelines.var.VARStepper` (``stepper_family = "var"``).
+The pipeline and the adapter search drives are in :mod:`evosearch.bundled.var_digits.pipeline`.
 """
 
 from __future__ import annotations
@@ -38,17 +33,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .digits import NULL_CLASS_LABEL, parse_digit
-from .var import VARAdapter, VARState, VARStepper
+from ..digits.prompt import NULL_CLASS_LABEL
+from ..paths import asset_path
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 ARCHITECTURE = "VARDigits"
-
-
-def bundled_var_digits_path() -> Path:
-    """The folder of the bundled VAR digits model."""
-    return Path(__file__).resolve().parent.parent / "assets" / "var_digits"
 
 
 # ------------------------------------------------------------------------ tokenizer
@@ -297,7 +287,7 @@ class VARDigitsModel(nn.Module):
         """Load from a folder with config.json + model.safetensors (default: the bundled weights); float32."""
         from safetensors.torch import load_file
 
-        path = Path(path) if path is not None else bundled_var_digits_path()
+        path = Path(path) if path is not None else asset_path("var_digits")
         if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
             raise FileNotFoundError(f"path: no VAR digits model at {path} (expected {CONFIG_NAME} + {WEIGHTS_NAME}); "
                                     "run scripts/train_var_digits.py")
@@ -310,186 +300,3 @@ class VARDigitsModel(nn.Module):
         state = {k: v.float() for k, v in load_file(str(path / WEIGHTS_NAME)).items()}
         model.load_state_dict(state)
         return model.eval().to(device)
-
-
-# -------------------------------------------------------------------------- adapter
-
-
-class VARDigitsAdapter(VARAdapter):
-    """The bundled model as a VARStepper sees it. KV rows are sample-major: a chunk of n
-    samples runs as n * G rows (sample 0 cond, sample 0 uncond, sample 1 cond, ...), so the
-    state's (n, G, heads, L, head_dim) caches are plain views of the module's rows."""
-
-    def __init__(self, model: VARDigitsModel):
-        self.model = model
-        self.module = model.transformer
-        self.num_scales = len(model.patch_nums)
-        self.categories = model.vq.vocab_size
-        c = model.config
-        self.default_guidance_scale = float(c.get("default_guidance_scale", 1.0))
-        self.default_temperature = float(c.get("default_temperature", 1.0))
-        self.default_top_k = int(c.get("default_top_k", 0))
-        self.default_top_p = float(c.get("default_top_p", 0.0))
-        self.default_cfg_schedule = "constant"
-
-    def tokens_at(self, k: int) -> int:
-        return self.model.patch_nums[k] ** 2
-
-    def encode(self, prompt, negative_prompt=None):
-        if negative_prompt not in (None, ""):
-            raise ValueError("negative_prompt: the digits model has no negative prompt (guidance uses the null "
-                             "class); pass None")
-        return torch.tensor([parse_digit(prompt)], dtype=torch.long)
-
-    def init_state(self, n: int, cond) -> VARState:
-        vq = self.model.vq
-        return VARState(0, torch.zeros(n, vq.latent_channels, vq.grid, vq.grid, device=self.device))
-
-    def forward(self, state, k, cond, cfg):
-        n, g = len(state), (2 if cfg else 1)
-        label = cond.to(self.device).reshape(1)
-        labels = torch.stack([label.expand(n), torch.full((n,), NULL_CLASS_LABEL, device=self.device)], 1) if cfg \
-            else label.expand(n)[:, None]
-        labels = labels.reshape(n * g)
-        nxt = None if state.next_input is None else state.next_input.repeat_interleave(g, dim=0)
-        cache = None
-        if state.kv:
-            cache = [(state.kv[2 * j].reshape(n * g, *state.kv[2 * j].shape[2:]),
-                      state.kv[2 * j + 1].reshape(n * g, *state.kv[2 * j + 1].shape[2:]))
-                     for j in range(len(state.kv) // 2)]
-        logits, new = self.module.forward_scale(k, labels, nxt, cache)
-        kv = []
-        for kk, vv in new:
-            kv += [kk.reshape(n, g, *kk.shape[1:]), vv.reshape(n, g, *vv.shape[1:])]
-        logits = logits.reshape(n, g, *logits.shape[1:])
-        return logits[:, 0], (logits[:, 1] if cfg else None), tuple(kv)
-
-    def update(self, state, k, idx, kv):
-        vq = self.model.vq
-        f_hat = state.f_hat + vq.scale_features(k, idx)
-        return VARState(k + 1, f_hat, vq.next_input(f_hat, k), kv, state.tokens + (idx,), dict(state.extra))
-
-    def decode(self, state):
-        return self.model.vq.decode(state.f_hat)
-
-
-# ------------------------------------------------------------------------- pipeline
-
-
-class VARDigitsPipeline:
-    """Class-conditional next-scale sampling of 16x16 digits (a diffusers-style pipeline object).
-
-    ``VARDigitsPipeline.from_pretrained()`` loads the bundled weights; ``pipe(prompt,
-    num_images_per_prompt, guidance_scale, top_k, top_p, temperature, generator,
-    output_type)`` samples plainly (``torch.multinomial`` with ``generator``);
-    ``SearchPipeline.from_pipe(pipe, reward, method=TTSVAR())`` searches (``stepper_family = "var"``).
-    """
-
-    stepper_family = "var"
-    null_class_label = NULL_CLASS_LABEL
-    parse_digit = staticmethod(parse_digit)
-
-    def __init__(self, model: VARDigitsModel):
-        self.model = model.eval()
-        self._progress = {}
-
-    # -- loading ------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> "VARDigitsPipeline":
-        return cls(VARDigitsModel.from_pretrained(path, device=device))
-
-    def save_pretrained(self, path: str | Path, **kwargs) -> Path:
-        return self.model.save_pretrained(path, **kwargs)
-
-    def to(self, device) -> "VARDigitsPipeline":
-        self.model.to(device)
-        return self
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def set_progress_bar_config(self, **kwargs) -> None:  # diffusers-pipeline compatibility (no bar here)
-        self._progress.update(kwargs)
-
-    @property
-    def default_num_inference_steps(self) -> int:
-        return len(self.model.patch_nums)
-
-    @property
-    def default_guidance_scale(self) -> float:
-        return float(self.model.config.get("default_guidance_scale", 1.0))
-
-    def var_adapter(self) -> VARDigitsAdapter:
-        return VARDigitsAdapter(self.model)
-
-    # -- plain sampling ------------------------------------------------------------
-    @torch.no_grad()
-    def __call__(self, prompt, num_images_per_prompt: int = 1, guidance_scale: float | None = None,
-                 top_k: int | None = None, top_p: float | None = None, temperature: float | None = None,
-                 generator: torch.Generator | None = None, output_type: str = "pil", return_dict: bool = True):
-        from diffusers import ImagePipelineOutput
-
-        from .var import filter_logits
-
-        prompts = list(prompt) if isinstance(prompt, (list, tuple)) else [prompt]
-        if not prompts:
-            raise ValueError("prompt: expected at least one prompt, got an empty list")
-        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt: expected an int >= 1, got {num_images_per_prompt!r}")
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"output_type: expected one of 'pil', 'np', 'pt', got {output_type!r}")
-        c = self.model.config
-        g = float(c.get("default_guidance_scale", 1.0) if guidance_scale is None else guidance_scale)
-        if not math.isfinite(g) or g < 0:
-            raise ValueError(f"guidance_scale: expected a finite float >= 0, got {guidance_scale!r}")
-        top_k = int(c.get("default_top_k", 0) if top_k is None else top_k)
-        top_p = float(c.get("default_top_p", 0.0) if top_p is None else top_p)
-        temperature = float(c.get("default_temperature", 1.0) if temperature is None else temperature)
-        if top_k < 0 or not 0 <= top_p <= 1 or temperature < 0:
-            raise ValueError(f"top_k/top_p/temperature: expected top_k >= 0, top_p in [0, 1], temperature >= 0, "
-                             f"got {top_k}, {top_p}, {temperature}")
-        device = self.device
-        labels = torch.tensor([parse_digit(p) for p in prompts], device=device).repeat_interleave(num_images_per_prompt)
-        n = labels.shape[0]
-        tf, vq = self.model.transformer, self.model.vq
-        cfg = g != 1.0
-        rows = torch.stack([labels, torch.full_like(labels, NULL_CLASS_LABEL)], 1).reshape(-1) if cfg else labels
-        f_hat = torch.zeros(n, vq.latent_channels, vq.grid, vq.grid, device=device)
-        cache, nxt = None, None
-        for k in range(tf.num_scales):
-            x_in = None if nxt is None else (nxt.repeat_interleave(2, 0) if cfg else nxt)
-            logits, cache = tf.forward_scale(k, rows, x_in, cache)
-            if cfg:
-                lc, lu = logits.reshape(n, 2, *logits.shape[1:]).unbind(1)
-                logits = lu + g * (lc - lu)
-            if temperature == 0 or top_k == 1:
-                idx = logits.argmax(-1)
-            else:
-                probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
-                idx = torch.multinomial(probs.reshape(-1, probs.shape[-1]).cpu(), 1, generator=generator)
-                idx = idx.reshape(n, -1).to(device)
-            f_hat = f_hat + vq.scale_features(k, idx)
-            nxt = vq.next_input(f_hat, k)
-        image = vq.decode(f_hat).cpu()
-        if output_type == "pt":
-            images = image
-        else:
-            images = image.permute(0, 2, 3, 1).float().numpy()
-            if output_type == "pil":
-                from PIL import Image
-
-                images = [Image.fromarray((a[..., 0] * 255).round().clip(0, 255).astype(np.uint8), mode="L")
-                          for a in images]
-        if not return_dict:
-            return (images,)
-        return ImagePipelineOutput(images=images)
-
-
-def load_var_digits_pipeline(device: str | torch.device = "cpu", path: str | Path | None = None) -> VARDigitsPipeline:
-    """The bundled VAR digits pipeline (or one saved at ``path``), on ``device``."""
-    return VARDigitsPipeline.from_pretrained(path, device=device)
-
-
-__all__ = ["VARDigitsPipeline", "VARDigitsModel", "VARDigitsAdapter", "MultiScaleVQ", "NextScaleTransformer",
-           "load_var_digits_pipeline", "bundled_var_digits_path", "VARStepper"]

@@ -1,9 +1,9 @@
-"""The bundled digits reward: a small CNN classifier's (log-)probability of the requested digit.
+"""The digits world's reward: a small CNN classifier's (log-)probability of the requested digit.
 
 The classifier is trained by ``scripts/train_digits.py`` on the 16x16 upsampled
 ``load_digits`` images of the fixed train split and saved as ``model.safetensors`` +
-``config.json`` under ``evosearch/assets/digits/classifier/``. Use
-:class:`evosearch.judge.DigitJudge` (an SVC on the 8x8 data) to check that search
+``config.json`` under ``evosearch/bundled/assets/digits/classifier/``. Use
+:class:`evosearch.bundled.digits.DigitJudge` (an SVC on the 8x8 data) to check that search
 results are real improvements, not reward hacks.
 """
 
@@ -15,8 +15,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from evosearch.pipelines.digits import bundled_digits_path, parse_digit, to_gray
-from evosearch.rewards.base import Reward
+from ...rewards.base import Reward
+from ..paths import asset_path
+from .data import to_gray
+from .prompt import parse_digit
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -69,7 +71,7 @@ def load_digit_classifier(path: str | Path | None = None, device: str | torch.de
     """Load the classifier from a folder (config.json + model.safetensors) or a .safetensors file."""
     from safetensors.torch import load_file
 
-    path = Path(path) if path is not None else bundled_digits_path() / "classifier"
+    path = Path(path) if path is not None else asset_path("digits", "classifier")
     folder, weights = (path.parent, path) if path.suffix == ".safetensors" else (path, path / WEIGHTS_NAME)
     config_file = folder / CONFIG_NAME
     if not weights.is_file() or not config_file.is_file():
@@ -92,7 +94,7 @@ class DigitClassifierReward(Reward):
     """log p(target | image) (``kind="logprob"``) or p(target | image) (``kind="prob"``) under the digit CNN.
 
     The target digit comes from each prompt (``"digit 3"``, ``"7"``, ... parsed with
-    :func:`evosearch.pipelines.digits.parse_digit`) unless ``target`` fixes it for all.
+    :func:`~evosearch.bundled.digits.prompt.parse_digit`) unless ``target`` fixes it for all.
     Images of any size/channels are converted to grayscale and resized to 16x16.
     """
 

@@ -1,19 +1,15 @@
-"""The bundled "moving digits" segment model: a digit sliding across a 16x16 canvas, made segment by segment.
+"""The moving-digits world's generator: a digit sliding across a 16x16 canvas, made segment by segment.
 
-Data: scikit-learn's ``load_digits`` (8x8, the fixed train split of
-:func:`evosearch.pipelines.digits.digits_split`) pasted on a black 16x16 canvas at a random
-position and moved by a constant velocity in {-1, 0, 1}^2 pixels per frame (not both 0),
-bouncing off the borders (:func:`moving_digit_videos`).
-
-Model: a class-conditional diffusers ``UNet2DModel`` in pixel space whose channels are
-frames: it denoises one segment of ``segment_frames`` (4) frames, with ``context_frames`` (2)
-more input channels holding the last frames of the previous segment (channel
-concatenation) and one flag channel (1 = a continuation, 0 = the first segment, whose
-context channels are zero). Label 10 (:data:`NULL_CLASS_LABEL`) is the unconditional class
-for classifier-free guidance. ``DDIMScheduler`` (v-prediction, DDPM linear betas,
-trailing spacing). Trained by ``scripts/train_moving_digits.py``; weights in
-``evosearch/assets/moving_digits/`` together with a frame classifier (the reward:
-:func:`moving_digits_reward`).
+A class-conditional diffusers ``UNet2DModel`` in pixel space whose channels are frames: it
+denoises one segment of ``segment_frames`` (4) frames, with ``context_frames`` (2) more input
+channels holding the last frames of the previous segment (channel concatenation) and one flag
+channel (1 = a continuation, 0 = the first segment, whose context channels are zero). Label
+10 (:data:`~evosearch.bundled.digits.prompt.NULL_CLASS_LABEL`) is the unconditional class for
+classifier-free guidance. ``DDIMScheduler`` (v-prediction, DDPM linear betas, trailing
+spacing). Trained by ``scripts/train_moving_digits.py`` on the videos of
+:mod:`evosearch.bundled.moving_digits.data`; weights in
+``evosearch/bundled/assets/moving_digits/`` together with a frame classifier (the reward:
+:func:`~evosearch.bundled.moving_digits.reward.moving_digits_reward`).
 
     >>> pipe = load_moving_digits_pipeline()
     >>> frames = pipe("digit 3", generator=torch.Generator().manual_seed(0)).frames[0]  # 16 PIL frames
@@ -21,7 +17,8 @@ trailing spacing). Trained by ``scripts/train_moving_digits.py``; weights in
 
 With evosearch, ``stepper_for(pipe)`` is a :class:`~evosearch.pipelines.segments.SegmentStepper`
 over :class:`MovingDigitsSegments` (``num_inference_steps`` per segment, ``num_segments=``).
-:class:`MovingDigitJudge` (an SVC on the 8x8 window around the digit) is the independent judge.
+:class:`~evosearch.bundled.moving_digits.judge.MovingDigitJudge` (an SVC on the 8x8 window
+around the digit) is the independent judge.
 """
 
 from __future__ import annotations
@@ -29,98 +26,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DModel
 from diffusers.utils import BaseOutput
 
-from ..core.records import Request
-from .diffusion import vp_schedule
-from .digits import digits_split, parse_digit
-from .segments import SegmentModel
-
-NULL_CLASS_LABEL = 10
-CANVAS = 16
-DIGIT = 8
-SEGMENT_FRAMES = 4
-CONTEXT_FRAMES = 2
-NUM_SEGMENTS = 4
-
-__all__ = ["MovingDigitsPipeline", "MovingDigitsSegments", "MovingDigitJudge", "load_moving_digits_pipeline",
-           "moving_digits_reward", "moving_digit_videos", "crop_digit", "bundled_moving_digits_path", "make_unet",
-           "make_scheduler", "training_batch"]
-
-
-def bundled_moving_digits_path() -> Path:
-    return Path(__file__).resolve().parent.parent / "assets" / "moving_digits"
-
-
-# ---------------------------------------------------------------------------- data
-
-
-def load_digit_sprites(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-    """(sprites (N, 8, 8) float32 in [0, 1], labels (N,)) of ``load_digits`` on the fixed split."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    idx = {"all": np.arange(len(d.target)), "train": digits_split()[0], "test": digits_split()[1]}.get(split)
-    if idx is None:
-        raise ValueError(f"split: expected one of 'all', 'train', 'test', got {split!r}")
-    return (d.images[idx] / 16.0).astype(np.float32), d.target[idx].astype(np.int64)
-
-
-def moving_digit_videos(sprites: np.ndarray, num_frames: int, rng: np.random.Generator,
-                        canvas: int = CANVAS) -> np.ndarray:
-    """Videos (N, num_frames, canvas, canvas) in [0, 1]: each sprite at a random start, moving by a random
-    velocity in {-1, 0, 1}^2 (not both 0) per frame and bouncing off the borders."""
-    n, s = sprites.shape[0], sprites.shape[-1]
-    room = canvas - s
-    out = np.zeros((n, num_frames, canvas, canvas), dtype=np.float32)
-    for k in range(n):
-        pos = rng.integers(0, room + 1, size=2)
-        vel = np.zeros(2, dtype=np.int64)
-        while not vel.any():
-            vel = rng.integers(-1, 2, size=2)
-        for f in range(num_frames):
-            y, x = pos
-            out[k, f, y:y + s, x:x + s] = sprites[k]
-            nxt = pos + vel
-            for a in range(2):
-                if not 0 <= nxt[a] <= room:
-                    vel[a] = -vel[a]
-            pos = pos + vel
-    return out
-
-
-def training_batch(sprites: np.ndarray, labels: np.ndarray, batch_size: int, rng: np.random.Generator,
-                   p_first: float = 0.3, segment_frames: int = SEGMENT_FRAMES, context_frames: int = CONTEXT_FRAMES):
-    """One batch (target (B, f, 16, 16) in [-1, 1], context (B, c + 1, 16, 16), labels (B,)): a first segment
-    (zero context, flag 0) with probability ``p_first``, else the f frames after c context frames."""
-    idx = rng.integers(0, len(sprites), size=batch_size)
-    videos = moving_digit_videos(sprites[idx], context_frames + segment_frames, rng) * 2 - 1
-    first = rng.random(batch_size) < p_first
-    target = np.where(first[:, None, None, None], videos[:, :segment_frames], videos[:, context_frames:])
-    ctx = np.where(first[:, None, None, None], 0.0, videos[:, :context_frames])
-    flag = np.broadcast_to((~first).astype(np.float32)[:, None, None, None], (batch_size, 1, CANVAS, CANVAS))
-    context = np.concatenate([ctx, flag], axis=1).astype(np.float32)
-    return torch.from_numpy(target.astype(np.float32)), torch.from_numpy(context), torch.from_numpy(labels[idx])
-
-
-def crop_digit(frames: torch.Tensor, size: int = DIGIT, center: tuple[float, float] = (3.5, 3.5)) -> torch.Tensor:
-    """(M, C, H, W) in [0, 1] -> (M, 1, size, size): the window placing the frame's centre of mass (grayscale
-    ink) at ``center`` of the window, as in the 8x8 sprites (whose mean centre of mass is about (3.5, 3.5))."""
-    x = frames.float().mean(dim=1, keepdim=True) if frames.shape[1] != 1 else frames.float()
-    x = x.clamp(0, 1)
-    m, _, h, w = x.shape
-    mass = x.sum(dim=(1, 2, 3)).clamp_min(1e-6)
-    cy = (x.sum(dim=(1, 3)) * torch.arange(h, dtype=x.dtype)).sum(-1) / mass
-    cx = (x.sum(dim=(1, 2)) * torch.arange(w, dtype=x.dtype)).sum(-1) / mass
-    ys = (cy - center[0]).round().clamp(0, h - size).long().tolist()
-    xs = (cx - center[1]).round().clamp(0, w - size).long().tolist()
-    return torch.stack([x[k, :, y:y + size, xx:xx + size] for k, (y, xx) in enumerate(zip(ys, xs))])
-
-
-# ---------------------------------------------------------------------------- model
+from ...core.records import Request
+from ...pipelines.diffusion import vp_schedule
+from ...pipelines.segments import SegmentModel
+from ..digits.prompt import NULL_CLASS_LABEL, parse_digit
+from ..paths import asset_path
+from .data import CANVAS, CONTEXT_FRAMES, NUM_SEGMENTS, SEGMENT_FRAMES
 
 
 def make_unet(segment_frames: int = SEGMENT_FRAMES, context_frames: int = CONTEXT_FRAMES) -> UNet2DModel:
@@ -282,62 +197,10 @@ class MovingDigitsSegments(SegmentModel):
 def load_moving_digits_pipeline(device: str | torch.device = "cpu",
                                 path: str | Path | None = None) -> MovingDigitsPipeline:
     """The bundled moving-digits pipeline (or one saved at ``path``), on ``device``."""
-    path = Path(path) if path is not None else bundled_moving_digits_path()
+    path = Path(path) if path is not None else asset_path("moving_digits")
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"path: no moving-digits pipeline at {path} (expected model_index.json); "
                                 "run scripts/train_moving_digits.py")
     pipe = MovingDigitsPipeline.from_pretrained(str(path))
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
-
-
-def moving_digits_reward(path: str | Path | None = None, kind: str = "logprob", aggregate: str = "mean"):
-    """The bundled frame classifier's log p(digit) (or p), aggregated over frames (a FrameReward)."""
-    from ..rewards.digits import DigitClassifierReward
-    from ..rewards.video import FrameReward
-
-    path = Path(path) if path is not None else bundled_moving_digits_path() / "classifier"
-    return FrameReward(DigitClassifierReward(path=path, kind=kind), aggregate=aggregate)
-
-
-class MovingDigitJudge:
-    """Independent judge: a scikit-learn SVC (RBF, gamma=0.001, C=10, as :class:`evosearch.judge.DigitJudge`)
-    fitted on the 8x8 sprites of the fixed train split and their 1-pixel shifts, applied to the 8x8 window
-    around each frame's centre of mass (:func:`crop_digit`); 98.8% of held-out clean frames are read
-    correctly. It shares no weights, resolution or training code with the reward (a CNN on 16x16 canvases).
-    ``frame_accuracy``: fraction of frames read as the target; ``video_accuracy``: fraction of videos with at
-    least ``min_fraction`` of their frames read as the target (default 1.0: every frame)."""
-
-    SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
-
-    def __init__(self, gamma: float = 0.001, C: float = 10.0):
-        from sklearn.svm import SVC
-
-        sprites, labels = load_digit_sprites("train")
-        X = []
-        for dy, dx in self.SHIFTS:
-            shifted = np.zeros_like(sprites)
-            src = sprites[:, max(0, -dy):DIGIT - max(0, dy), max(0, -dx):DIGIT - max(0, dx)]
-            shifted[:, max(0, dy):DIGIT - max(0, -dy), max(0, dx):DIGIT - max(0, -dx)] = src
-            X.append(shifted.reshape(len(sprites), -1) * 16.0)
-        self.svc = SVC(gamma=gamma, C=C).fit(np.concatenate(X), np.tile(labels, len(self.SHIFTS)))
-
-    def predict_frames(self, frames: torch.Tensor) -> np.ndarray:
-        """(M, C, H, W) frames in [0, 1] -> (M,) digits seen."""
-        crops = crop_digit(frames)
-        return self.svc.predict(crops.reshape(crops.shape[0], -1).double().numpy() * 16.0).astype(np.int64)
-
-    def predict(self, videos) -> np.ndarray:
-        """(N, F) digits seen in each frame of each video."""
-        from ..rewards.base import to_tensor_videos
-
-        v = to_tensor_videos(videos)
-        n, f = v.shape[:2]
-        return self.predict_frames(v.flatten(0, 1)).reshape(n, f)
-
-    def frame_accuracy(self, videos, target) -> float:
-        return float((self.predict(videos) == parse_digit(target)).mean())
-
-    def video_accuracy(self, videos, target, min_fraction: float = 1.0) -> float:
-        hits = (self.predict(videos) == parse_digit(target)).mean(axis=1)
-        return float((hits >= min_fraction - 1e-9).mean())

@@ -1,4 +1,4 @@
-"""An independent judge for the bundled digits models.
+"""The digits world's judge, independent of the reward (also used for the VAR digits model).
 
 :class:`DigitJudge` is a scikit-learn SVC trained (at construction, in well under a
 second) on the original 8x8 ``load_digits`` images of the fixed train split. It is not
@@ -9,14 +9,13 @@ more often, or only found images that fool the reward.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from evosearch.pipelines.digits import digits_split, parse_digit, to_gray
-from evosearch.rewards.base import ImagesLike, to_tensor_images
+from ...rewards.base import ImagesLike, to_tensor_images
+from .data import digits_split, to_gray
+from .prompt import parse_digit
 
 
 class DigitJudge:
