@@ -124,7 +124,7 @@ def test_best_of_n_with_a_weighted_ensemble(client):
         *run_args(method="best-of-n", population=4, nfe_budget=40, steps=10, rewards=("digits", "ink"),
                   weights="2, 1"), api_name="/run")
     record = json.loads(Path(record_file).read_text())
-    assert record["settings"]["method"] == {"method": "best-of-n", "n": 4} and len(gallery) == 4
+    assert record["settings"]["method"] == {"method": "best-of-n", "n": 4, "wave_size": None} and len(gallery) == 4
     assert record["stats"]["nfe"] == 40 and record["complete"] is True
     assert record["settings"]["reward"].startswith("Ensemble(") and record["app"]["weights"] == [2.0, 1.0]
 

@@ -241,16 +241,16 @@ def test_tree_of_frames_replay_and_linear_equivalence(digits_pipe):
 
 
 def test_tree_of_frames_never_overspends(digits_pipe):
-    from evosearch.search import SearchContext
+    from evosearch.search import SearchRun
 
-    stepper = stepper_for(digits_pipe)
-    stepper.prepare("1", num_inference_steps=SEG_STEPS, num_segments=2)
-    ctx = SearchContext(stepper, FunctionReward(brightness), "1", seed=0, nfe_budget=10, progress=False)
-    with pytest.raises(ValueError, match="nfe_budget"):
-        TreeOfFrames(roots=3).run(ctx)
-    assert ctx.nfe == 0
-    with pytest.raises(BudgetExceeded):
-        ctx.rollout(stepper.start([1, 2, 3]), [], start=0, end=SEG_STEPS)
+    search = SearchPipeline.from_pipe(digits_pipe, reward=FunctionReward(brightness), method=TreeOfFrames(roots=3))
+    with pytest.raises(ValueError, match="nfe_budget"):  # refused before any compute
+        search("1", num_inference_steps=SEG_STEPS, num_segments=2, nfe_budget=10, progress=False)
+    assert search.stepper.nfe == 0
+    run = SearchRun(search.stepper, FunctionReward(brightness), "1", seed=0, nfe_budget=10, progress=False)
+    with pytest.raises(BudgetExceeded):  # and the engine refuses any overspending
+        run.rollout(run.initial(3), end=SEG_STEPS)
+    assert run.nfe == 0
     with pytest.raises(ValueError, match="segment"):
         SearchPipeline.from_pipe(testing.tiny_cogvideox(0), reward=contrast, method=TreeOfFrames())(
             PROMPT, num_inference_steps=2, progress=False)

@@ -146,24 +146,14 @@ def _parse_weights(text, n: int) -> list[float]:
 
 def largest_population(method, plan) -> int | None:
     """The largest number of candidates one generation/wave of ``method`` holds under ``plan``
-    (what ``method.plan(nfe_budget, num_steps)`` returned); None if unknown."""
-    try:
-        if isinstance(plan, bool):
-            return None
-        if isinstance(plan, int):  # best-of-n
-            return plan
-        if isinstance(plan, tuple) and len(plan) == 3:  # evosearch: (evolution, population, elite)
-            return max(plan[1]) if plan[1] else None
-        if isinstance(plan, list):  # zero-order: neighbours per iteration (+ the pivot)
-            return (max(plan) if plan else 0) + 1
-        if isinstance(plan, dict):
-            if "n_particles" in plan:
-                return int(plan["n_particles"])
-            if "n_start" in plan:
-                return max(int(plan["n_start"]), int(plan["n_keep"]) * int(plan["width"]))
-    except (TypeError, ValueError, KeyError):
-        return None
-    return None
+    (a :class:`~evosearch.core.Plan`); None if unknown."""
+    d = plan.details
+    sizes = {"best-of-n": lambda: d["n"], "evosearch": lambda: max(d["population_schedule"]),
+             "zero-order": lambda: max(d["neighbors"], default=0) + 1, "particles": lambda: d["n_particles"],
+             "paths": lambda: max(d["n_start"], d["n_keep"] * d["width"]), "tts-var": lambda: max(d["batch_sizes"]),
+             "tree-of-frames": lambda: max(d["nodes"])}
+    size = sizes.get(plan.method)
+    return None if size is None else int(size())
 
 
 # ----------------------------------------------------------------------------- the app
@@ -443,7 +433,7 @@ class SearchApp:
                         continue
                     nfe = max(nfe, int(ev.get("nfe") or 0))
                     if ev.get("type") in ("generation", "preview"):
-                        history.append({k: v for k, v in ev.items() if k not in ("images", "type")})
+                        history.append(ev.entry.to_dict())
                     if ev.get("type") == "generation":
                         rewards_g = [float(r) for r in ev["rewards"]]
                         top = max(range(len(rewards_g)), key=rewards_g.__getitem__)

@@ -58,8 +58,9 @@ def check_capabilities(method_name: str, required, stepper: "Stepper") -> None:
                              f"(SearchPipeline.from_pipe(..., eta=1.0))")
     if missing:
         why = "; ".join(f"{m} ({CAPABILITIES.get(m, m)})" for m in missing)
+        hint = f"; {stepper.suggested_methods}" if stepper.suggested_methods else ""
         raise ParameterError(f"method: {method_name} needs what this {stepper.family} model "
-                             f"({type(stepper).__name__}) cannot do: {why}")
+                             f"({type(stepper).__name__}) cannot do: {why}{hint}")
 
 
 def module_fingerprint(module) -> dict:
@@ -91,6 +92,8 @@ class Stepper:
     base_capabilities: frozenset = frozenset({"gaussian", "predict"})
     #: event kinds of the Stepper's own, applied by :meth:`apply_event`
     event_kinds: tuple = ()
+    #: what to suggest when a method needs a capability this Stepper lacks
+    suggested_methods: str = ""
 
     def __init__(self, pipe, max_batch_size: int = 16, eta: float = 1.0):
         check_int("max_batch_size", max_batch_size, lo=1)

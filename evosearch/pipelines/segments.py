@@ -136,6 +136,7 @@ class SegmentStepper(VideoStepper, Stepper):
     family = "segments"
     base_capabilities = frozenset({"gaussian", "predict", "segments"})
     event_kinds = ("segment",)
+    suggested_methods = "segment models run TreeOfFrames (tree-of-frames), BestOfN or EvoSearch"
 
     def __init__(self, model: SegmentModel, max_batch_size: int = 16, eta: float = 1.0):
         super().__init__(model.pipe, max_batch_size=max_batch_size, eta=eta)

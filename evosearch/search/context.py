@@ -153,9 +153,11 @@ class SearchContext:
         self.stats.reward_calls += len(rewards)
         return np.asarray(rewards, dtype=np.float64)
 
-    def log_preview(self, rewards: Sequence[float], step: int, generation: int = 0, **extra) -> HistoryEntry:
-        """Record scored previews (x0 previews, partial videos): history only, never candidates."""
-        entry = HistoryEntry(generation, step, len(rewards), tuple(rewards),
+    def log_preview(self, rewards: Sequence[float], step: int, generation: int = 0, population: int | None = None,
+                    **extra) -> HistoryEntry:
+        """Record scored previews (x0 previews, partial videos): history only, never candidates.
+        ``population``: how many samples the step held (default: how many were scored)."""
+        entry = HistoryEntry(generation, step, len(rewards) if population is None else population, tuple(rewards),
                              None if self.best is None else self.best.reward, self.nfe, self.elapsed, True, extra)
         self.history.append(entry)
         self.emit(SearchEvent("preview", self.nfe, self.stats.planned_nfe, entry))

@@ -210,7 +210,8 @@ class TTSVAR(SearchMethod):
             if k in cluster and target < len(pop):
                 images = run.preview_images(pop)
                 idx = kmeans_select(self._features(run, images), target, random_state=int(run.rng.integers(2**31 - 1)))
-                run.log_preview((), step=k, generation=g, selection="cluster", kept=[int(j) for j in idx])
+                run.log_preview((), step=k, generation=g, population=len(pop), selection="cluster",
+                                kept=[int(j) for j in idx])
                 pop = pop.select(idx)
                 potentials.select(idx)
                 g += 1

@@ -65,6 +65,14 @@ class DigitJudge:
         t = _targets(targets, len(pred))
         return float((pred == t).mean()) if len(pred) else float("nan")
 
+    def __call__(self, images: ImagesLike, prompts) -> list[dict]:
+        """One verdict per image: ``correct`` (the judge reads the prompt's digit), ``valid`` (always
+        True: any image reads as some digit), ``category`` "digit", ``seen`` (the digit it reads)."""
+        pred = self.predict(images)
+        t = _targets(prompts, len(pred))
+        return [{"correct": bool(p == d), "valid": True, "category": "digit", "seen": int(p),
+                 "reason": None if p == d else f"reads as {int(p)}"} for p, d in zip(pred, t)]
+
     def heldout_accuracy(self) -> float:
         """Accuracy on the real held-out 8x8 digits (597 images of the fixed split)."""
         X, y = self._heldout

@@ -58,6 +58,16 @@ class DigitsPipeline(DiffusionPipeline):
 
     parse_digit = staticmethod(parse_digit)
 
+    def check_prompt(self, prompt) -> int:
+        """The digit ``prompt`` asks for, or a ValueError naming ``prompt`` (before any compute)."""
+        return parse_digit(prompt)
+
+    def default_judge(self):
+        """The world's judge (a SearchPipeline uses it unless told otherwise)."""
+        from .judge import DigitJudge
+
+        return DigitJudge()
+
     def encode_prompt(self, prompt, device=None) -> torch.LongTensor:
         """The class label (shape (1,), long) for one prompt."""
         device = device if device is not None else self.unet.device

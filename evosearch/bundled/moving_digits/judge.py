@@ -49,3 +49,15 @@ class MovingDigitJudge:
     def video_accuracy(self, videos, target, min_fraction: float = 1.0) -> float:
         hits = (self.predict(videos) == parse_digit(target)).mean(axis=1)
         return float((hits >= min_fraction - 1e-9).mean())
+
+    def __call__(self, videos, prompts) -> list[dict]:
+        """One verdict per video: ``correct`` when every frame reads as the prompt's digit, ``valid``
+        True, ``category`` "digit", ``frame_accuracy`` the fraction of frames that do."""
+        prompts = [prompts] * len(to_tensor_videos(videos)) if isinstance(prompts, (str, int)) else list(prompts)
+        seen = self.predict(videos)
+        out = []
+        for frames, prompt in zip(seen, prompts):
+            hits = float((frames == parse_digit(prompt)).mean())
+            out.append({"correct": hits == 1.0, "valid": True, "category": "digit", "frame_accuracy": hits,
+                        "reason": None if hits == 1.0 else f"{1 - hits:.0%} of frames read otherwise"})
+        return out

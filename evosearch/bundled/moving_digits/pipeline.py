@@ -79,6 +79,16 @@ class MovingDigitsPipeline(DiffusionPipeline):
 
     parse_digit = staticmethod(parse_digit)
 
+    def check_prompt(self, prompt) -> int:
+        """The digit ``prompt`` asks for, or a ValueError naming ``prompt`` (before any compute)."""
+        return parse_digit(prompt)
+
+    def default_judge(self):
+        """The world's judge (a SearchPipeline uses it unless told otherwise)."""
+        from .judge import MovingDigitJudge
+
+        return MovingDigitJudge()
+
     def segment_model(self) -> "MovingDigitsSegments":
         return MovingDigitsSegments(self)
 

@@ -172,3 +172,41 @@ def benchmark_prompts(per_category: int = 8, seed: int = 2024) -> list[tuple[str
                 seen.append(p)
         out.extend((category, p) for p in seen)
     return out
+
+
+def perturb_spec(spec: SceneSpec, rng: np.random.Generator) -> SceneSpec:
+    """A spec that differs from ``spec`` in one attribute a person would notice: a shape, a colour,
+    the count, the relation, or which colour goes with which shape (hard negatives for a
+    contrastive reward). Always a different prompt."""
+    objs = list(spec.objects)
+    for _ in range(100):
+        choice = rng.integers(5)
+        new = list(objs)
+        relation = spec.relation
+        if choice == 0:  # a shape
+            k = rng.integers(len(new))
+            other = [s for s in SHAPES if s != new[k].shape]
+            new[k] = ObjectSpec(other[rng.integers(len(other))], new[k].color)
+            if spec.category == "counting":
+                new = [ObjectSpec(new[k].shape, o.color) for o in new]
+        elif choice == 1 and any(o.color for o in new):  # a colour
+            k = rng.choice([i for i, o in enumerate(new) if o.color])
+            other = [c for c in COLORS if c != new[k].color]
+            new[k] = ObjectSpec(new[k].shape, other[rng.integers(len(other))])
+            if spec.category == "counting":
+                new = [ObjectSpec(o.shape, new[k].color) for o in new]
+        elif choice == 2 and spec.category == "counting":  # the count
+            n = len(new) + (1 if len(new) < 4 and (len(new) == 1 or rng.random() < 0.5) else -1)
+            new = [new[0]] * n
+        elif choice == 3 and relation is not None:  # the relation
+            relation = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}[relation]
+            if rng.random() < 0.5:
+                relation = RELATIONS[rng.integers(len(RELATIONS))]
+        elif choice == 4 and len(new) == 2 and new[0].color and new[1].color and new[0].color != new[1].color:
+            new = [ObjectSpec(new[0].shape, new[1].color), ObjectSpec(new[1].shape, new[0].color)]  # binding
+        else:
+            continue
+        out = SceneSpec(spec.category, tuple(new), relation)
+        if out.prompt() != spec.prompt():
+            return out
+    raise RuntimeError(f"perturb_spec: no perturbation of {spec.prompt()!r}")  # cannot happen: a shape can change

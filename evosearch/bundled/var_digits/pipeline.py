@@ -100,6 +100,16 @@ class VARDigitsPipeline:
     null_class_label = NULL_CLASS_LABEL
     parse_digit = staticmethod(parse_digit)
 
+    def check_prompt(self, prompt) -> int:
+        """The digit ``prompt`` asks for, or a ValueError naming ``prompt`` (before any compute)."""
+        return parse_digit(prompt)
+
+    def default_judge(self):
+        """The world's judge (a SearchPipeline uses it unless told otherwise)."""
+        from ..digits.judge import DigitJudge
+
+        return DigitJudge()
+
     def __init__(self, model: VARDigitsModel):
         self.model = model.eval()
         self._progress = {}

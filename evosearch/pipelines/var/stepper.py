@@ -34,6 +34,7 @@ class VARStepper(Stepper):
 
     family = "var"
     base_capabilities = frozenset({"scales"})
+    suggested_methods = "next-scale models run TTSVAR (tts-var) or BestOfN (best-of-n)"
 
     def __init__(self, pipe, max_batch_size: int = 16, eta: float = 1.0, adapter: VARAdapter | None = None):
         super().__init__(pipe, max_batch_size=max_batch_size, eta=eta)
