@@ -127,3 +127,43 @@ def test_bad_sizes_are_named():
     stepper = stepper_for(pipe)
     with pytest.raises(ValueError, match="height/width"):
         stepper.prepare(PROMPT, num_inference_steps=2, height=72, width=64)
+
+
+def _with_ddim(pipe, **overrides):
+    """``pipe`` rebuilt with a DDIM scheduler on its own noise schedule, through the pipeline class's
+    constructor (StableDiffusionPipeline patches a DDIM config without steps_offset to steps_offset=1)."""
+    from diffusers import DDIMScheduler
+
+    from evosearch.testing.components import SD_BETAS
+
+    scheduler = DDIMScheduler(**SD_BETAS, clip_sample=False, set_alpha_to_one=False, **overrides)
+    return type(pipe)(**{**pipe.components, "scheduler": scheduler})
+
+
+@pytest.mark.parametrize("name", ["sd", "sd-patched", "sdxl", "sd3", "flux"])
+def test_deterministic_step_reproduces_the_pipeline(name):
+    """eta = 0 is the pipeline's own sampler: from the same initial latents, the same image, for the
+    scheduler as the pipeline configured it."""
+    import warnings
+
+    factory, _, guidance = FACTORIES[name.split("-")[0]]
+    pipe = factory(seed=0)
+    if name == "sd-patched":  # a DDIM config without steps_offset: the pipeline patches it to 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pipe = _with_ddim(pipe)
+        assert pipe.scheduler.config.steps_offset == 1
+    elif name == "sdxl":
+        pipe = _with_ddim(pipe, steps_offset=1)
+    stepper = stepper_for(pipe, eta=0.0)
+    stepper.prepare(PROMPT, num_inference_steps=STEPS, guidance_scale=guidance)
+    x = stepper.start([3])
+    latents = x.clone()
+    for i in range(STEPS):
+        x = stepper.step(x, i, None)
+    ours = stepper.finish(x)
+    kwargs = dict(prompt=PROMPT, num_inference_steps=STEPS, guidance_scale=guidance, output_type="pt", latents=latents)
+    if name.startswith("sd") and name != "sd3":
+        kwargs["eta"] = 0.0
+    reference = pipe(**kwargs).images
+    torch.testing.assert_close(ours, reference.float(), atol=2e-4, rtol=0)

@@ -23,7 +23,10 @@ def vp_schedule(scheduler_config, num_inference_steps: int, eta: float, device=N
 
     ``alphas_cumprod`` / ``final_alpha_cumprod`` replace the ones DDIMScheduler derives from the
     config, for schedulers that transform them (CogVideoXDDIMScheduler's SNR shift)."""
-    ddim = DDIMScheduler.from_config(scheduler_config)
+    # every key as the pipeline has it configured: from_config would drop the keys listed in
+    # _use_default_values, undoing patches such as StableDiffusionPipeline's steps_offset=1
+    config = {k: v for k, v in dict(scheduler_config).items() if k != "_use_default_values"}
+    ddim = DDIMScheduler.from_config(config)
     if alphas_cumprod is not None:
         ddim.alphas_cumprod = torch.as_tensor(alphas_cumprod).clone()
     if final_alpha_cumprod is not None:
