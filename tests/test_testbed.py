@@ -25,7 +25,7 @@ import pytest
 import torch
 from scipy import stats
 
-from evosearch import BestOfN, FunctionReward, SearchPipeline
+from evosearch import BestOfN, FunctionReward, ParticleSearch, SearchPipeline
 from evosearch.pipelines import DiffusionStepper, FlowStepper, stepper_for
 from evosearch.testbed import (GaussianMixture, GaussianMixtureDiffusionPipeline, GaussianMixtureFlowPipeline,
                                GaussianMixtureTransformer, GaussianMixtureUNet, best_of_n_mode_probs,
@@ -328,15 +328,11 @@ def test_particle_search_targets_the_tilted_distribution():
     (number of potential steps) x lam and the finite-N bias grows with it: measured over
     150 runs, 5 potential steps (resample_every=10 of 50) at 128 particles give a bias
     <= 0.009 on the mode weights, 10 potential steps (resample_every=5) about 0.04."""
-    particles = pytest.importorskip("evosearch.search.particles")
-    ParticleSearch = getattr(particles, "ParticleSearch", None)
-    if ParticleSearch is None:
-        pytest.skip("evosearch.search.particles.ParticleSearch does not exist yet")
     lam, w = 1.0, np.array([0.25, 0.0])
     target = tilted_mixture(GM, lam, w=w)
     runs, n_particles, steps = 40, 128, 50
     reward = Recorder(w)
-    method = ParticleSearch(n_particles=n_particles, potential="rt", lambda_=lam, resample_every=10)
+    method = ParticleSearch(n_particles=n_particles, potential="rt", lambda_=lam, resample_every=10, tempering=False)
     sp = SearchPipeline.from_pipe(pipe_of("diffusion"), reward=reward, method=method, max_batch_size=256, eta=1.0)
     estimates = []
     for seed in range(runs):
@@ -351,3 +347,31 @@ def test_particle_search_targets_the_tilted_distribution():
         f"particle mode weights {mean} (SE {se}) vs tilted {target.weights}"
     # the tilt is large: plain sampling would be far off
     assert np.abs(GM.weights - target.weights).max() > 0.3
+
+
+def _particle_mode_weights(potential, tempering, runs=10, n=500, lam=3.0, w=(0.5, 0.5)):
+    """Mean and standard error over runs of the final-weighted mode fractions of ParticleSearch."""
+    reward = Recorder(np.asarray(w))
+    method = ParticleSearch(n_particles=n, potential=potential, lambda_=lam, tempering=tempering)
+    sp = SearchPipeline.from_pipe(pipe_of("diffusion"), reward=reward, method=method, max_batch_size=1024, eta=1.0)
+    estimates = []
+    for seed in range(runs):
+        out = sp(None, seed=seed, num_inference_steps=50, output_type="pt", progress=False)
+        x, _ = reward.calls[-1]
+        estimates.append(np.bincount(GM.mode_of(x), weights=np.asarray(out.history[-1]["weights"]), minlength=3))
+    estimates = np.stack(estimates)
+    return estimates.mean(0), estimates.std(0, ddof=1) / math.sqrt(runs)
+
+
+def test_tempered_particles_reach_the_tilted_target_where_untempered_collapse():
+    """The defaults (tempering over the potential steps, resampling when ESS < N/2) make the "rt" and
+    "max" potentials reach p(x) exp(lam w.x) within 3 standard errors at N = 500; without tempering
+    "rt" piles onto the best mode (the intermediate targets are tilted by up to K lam)."""
+    target = tilted_mixture(GM, 3.0, w=np.array([0.5, 0.5])).weights
+    assert 0.2 < target[1] < 0.3 and target[2] > 0.7  # two modes hold the target
+    assert ParticleSearch().tempering  # the default
+    for potential in ("rt", "max"):
+        mean, se = _particle_mode_weights(potential, tempering=True)
+        assert (np.abs(mean - target) <= 3 * se + 0.005).all(), f"{potential}: {mean} (SE {se}) vs {target}"
+    mean, _ = _particle_mode_weights("rt", tempering=False)
+    assert mean[2] > 0.9 and abs(mean[1] - target[1]) > 0.2  # the documented collapse

@@ -34,16 +34,20 @@ class Potentials:
         self.kind = kind
         self.lambda_ = float(lambda_)
         self.prev = np.zeros(n)
+        self.prev_lambda = self.lambda_
         self.running_max = np.full(n, -np.inf)
         self.running_sum = np.zeros(n)
         self.log_prod = np.zeros(n)  # sum of the log potentials along each particle's ancestry
 
-    def step(self, rewards) -> np.ndarray:
-        """log G_t for preview rewards r_t (one per particle); updates the running state."""
+    def step(self, rewards, lambda_: float | None = None) -> np.ndarray:
+        """log G_t for preview rewards r_t (one per particle); updates the running state.
+        ``lambda_`` overrides lambda for this step (tempering); for "diff" the potential is then
+        exp(lambda_t r_t - lambda_{t-1} r_{t-1}), so the intermediate target is tilted by lambda_t r_t."""
         r = np.asarray(rewards, dtype=np.float64)
-        lam = self.lambda_
+        lam = self.lambda_ if lambda_ is None else float(lambda_)
         if self.kind == "diff":
-            log_g = lam * (r - self.prev)
+            log_g = lam * r - self.prev_lambda * self.prev
+            self.prev_lambda = lam
         elif self.kind == "max":
             self.running_max = np.maximum(r, self.running_max)
             log_g = lam * self.running_max
