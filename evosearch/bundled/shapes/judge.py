@@ -76,7 +76,8 @@ class Judge:
 
     def __init__(self, foreground_threshold: float = 0.35, color_tolerance: float = 0.45, min_area: float = 12.0,
                  max_area: float = 400.0, max_unexplained: int = 6, relation_min_shift: float = 3.0,
-                 relation_dominance: float = 0.5, min_shape_score: float = 0.6):
+                 relation_dominance: float = 0.5, min_shape_score: float = 0.8, split_tolerance: float = 0.2,
+                 square_ratio: float = 1.16, max_aspect: float = 1.45):
         self.foreground_threshold = foreground_threshold
         self.color_tolerance = color_tolerance
         self.min_area = min_area
@@ -85,63 +86,94 @@ class Judge:
         self.relation_min_shift = relation_min_shift
         self.relation_dominance = relation_dominance
         self.min_shape_score = min_shape_score
+        self.split_tolerance = split_tolerance
+        self.square_ratio = square_ratio
+        self.max_aspect = max_aspect
 
     # -- reading a scene -----------------------------------------------------------------
     def read(self, image: np.ndarray) -> tuple[list[FoundObject], int]:
-        """(objects found, unexplained pixels) in one (H, W, 3) float image in [0, 1]."""
+        """(objects found, unexplained pixels) in one (H, W, 3) float image in [0, 1].
+
+        Connected foreground regions are objects; a region is split by colour only where it holds
+        two or more parts, each at least ``min_area`` pixels and each, on average, within
+        ``split_tolerance`` of its palette colour (touching objects); otherwise it is one object of
+        the palette colour nearest its mean chromaticity (edges blended with a neighbour's colour,
+        a tint, a drift between two palette colours)."""
         img = np.asarray(image, dtype=np.float64)
         bright = img.max(axis=2)
         fg = bright > self.foreground_threshold
         chroma = img / np.maximum(bright, 1e-6)[..., None]
         dist = np.linalg.norm(chroma[:, :, None, :] - _CHROMA[None, None], axis=-1)  # (H, W, K)
         nearest = dist.argmin(axis=2)
-        explained = fg & (dist.min(axis=2) <= self.color_tolerance)
-        unexplained = int((fg & ~explained).sum())
-        labels = np.where(explained, nearest, -1)
-
-        comps = []  # (colour index, boolean mask)
-        for k in range(len(_PALETTE_NAMES)):
-            lab, n = ndimage.label(labels == k, structure=_EIGHT)
-            comps.extend((k, lab == j) for j in range(1, n + 1))
-        # background brightness, to turn a pixel's brightness into coverage of its object
-        bg = float(np.median(bright[~fg])) if (~fg).any() else 0.0
-        big = [(k, m) for k, m in comps if m.sum() >= self.min_area]
-        objects = []
-        grown = ndimage.binary_dilation
-        for k, m in comps:
-            if m.sum() >= self.min_area:
+        bg = float(np.median(bright[~fg])) if (~fg).any() else 0.0  # to turn brightness into coverage
+        regions, n = ndimage.label(fg, structure=_EIGHT)
+        objects, unexplained = [], 0
+        for j in range(1, n + 1):
+            region = regions == j
+            if region.sum() < self.min_area:
+                unexplained += int(region.sum())  # a speck: no object a person would name
                 continue
-            near_big = any((grown(m, _EIGHT) & bm).any() for kb, bm in big if kb != k)
-            if not near_big:
-                unexplained += int(m.sum())
-        for k, m in big:
-            # fringe pixels of other colours touching the object count towards it
-            fringe = [sm for ks, sm in comps if ks != k and sm.sum() < self.min_area and (grown(sm, _EIGHT) & m).any()]
-            full = m | np.logical_or.reduce(fringe) if fringe else m
-            cover = np.clip((bright - bg) / max(float(_PALETTE[k].max()) - bg, 1e-6), 0.0, 1.0) * full
-            objects.append(self._object(_PALETTE_NAMES[k], cover))
+            for k, mask in self._split(region, nearest, chroma):
+                if dist[..., k][mask].mean() > self.color_tolerance:  # per pixel, far from every colour
+                    unexplained += int(mask.sum())
+                    continue
+                cover = np.clip((bright - bg) / max(float(_PALETTE[k].max()) - bg, 1e-6), 0.0, 1.0) * mask
+                objects.append(self._object(_PALETTE_NAMES[k], cover, mask))
         return objects, unexplained
 
-    def _object(self, color: str, cover: np.ndarray) -> FoundObject:
+    def _split(self, region: np.ndarray, nearest: np.ndarray, chroma: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """[(palette index, mask)] of the objects in one connected foreground region."""
+        parts = []
+        for k in np.unique(nearest[region]):
+            lab, n = ndimage.label(region & (nearest == k), structure=_EIGHT)
+            for j in range(1, n + 1):
+                m = lab == j
+                if m.sum() >= self.min_area and np.linalg.norm(chroma[m].mean(0) - _CHROMA[k]) <= self.split_tolerance:
+                    parts.append((int(k), m))
+        if len(parts) >= 2:  # touching objects: every pixel goes to the nearest clean part
+            seeds = np.zeros(region.shape, dtype=np.int32)
+            for i, (_, m) in enumerate(parts, start=1):
+                seeds[m] = i
+            _, (iy, ix) = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
+            owner = seeds[iy, ix]
+            return [(k, region & (owner == i)) for i, (k, _) in enumerate(parts, start=1)]
+        mean = chroma[region].mean(0)
+        return [(int(np.linalg.norm(_CHROMA - mean, axis=1).argmin()), region)]
+
+    def _object(self, color: str, cover: np.ndarray, mask: np.ndarray) -> FoundObject:
         area = float(cover.sum())
         h, w = cover.shape
         gy, gx = np.mgrid[0:h, 0:w] + 0.5
         cx, cy = float((gx * cover).sum() / area), float((gy * cover).sum() / area)
-        ys, xs = np.nonzero(cover >= 0.5)
-        aspect = 1.0 if len(xs) == 0 else (np.ptp(xs) + 1) / (np.ptp(ys) + 1)
+        ys, xs = np.nonzero(mask)
+        aspect = (np.ptp(xs) + 1) / (np.ptp(ys) + 1)
         scores = {shape: self._template_match(shape, cover, cx, cy, area) for shape in SHAPES}
-        shape = max(scores, key=scores.get)
+        ratio = self._diagonal_ratio(xs, ys)
+        if scores["triangle"] >= max(scores["circle"], scores["square"]):
+            shape = "triangle"
+        else:  # circle or square: the corners tell (a square reaches sqrt(2) further along its diagonals)
+            shape = "square" if ratio >= self.square_ratio else "circle"
         problem = None
         if area < self.min_area:
             problem = "too small"
         elif area > self.max_area:
             problem = "too large"
-        elif not 0.5 <= aspect <= 2.0:
+        elif not 1 / self.max_aspect <= aspect <= self.max_aspect:
             problem = "elongated"
-        elif scores[shape] < self.min_shape_score:
-            problem = f"no clear shape (best: {shape} {scores[shape]:.2f})"
-        return FoundObject(shape if problem is None or not problem.startswith("no clear") else "blob", color, cx, cy,
-                           area, scores, problem)
+        elif max(scores.values()) < self.min_shape_score:
+            problem = f"no clear shape (closest: {max(scores, key=scores.get)} {max(scores.values()):.2f})"
+        return FoundObject("blob" if problem and problem.startswith("no clear") else shape, color, cx, cy, area,
+                           {**scores, "diagonal_ratio": ratio}, problem)
+
+    @staticmethod
+    def _diagonal_ratio(xs: np.ndarray, ys: np.ndarray) -> float:
+        """How much further the region reaches along the diagonals than along the axes (from its
+        centre): 1.0 for a disc, sqrt(2) for an axis-aligned square."""
+        p = np.stack([xs - xs.mean(), ys - ys.mean()], 1).astype(np.float64)
+        reach = lambda u: float((p @ u).max()) + 0.5  # noqa: E731  (pixel centres: +half a pixel)
+        axis = np.mean([reach(np.array(u, dtype=np.float64)) for u in ((1, 0), (-1, 0), (0, 1), (0, -1))])
+        diag = np.mean([reach(np.array(u) / np.sqrt(2)) for u in ((1, 1), (-1, 1), (1, -1), (-1, -1))])
+        return float(diag / axis)
 
     @staticmethod
     def _template_match(shape: str, cover: np.ndarray, cx: float, cy: float, area: float) -> float:
