@@ -398,6 +398,7 @@ def test_browser_page_at_1366x768(served, tmp_path):
             reason.wait_for(timeout=10_000)
             methods = page.evaluate("() => document.querySelector('#method input').value")
             reason.scroll_into_view_if_needed()
+            page.wait_for_timeout(500)  # the dropdown's closing animation
             page.screenshot(path=str(shots / "gradio_moving_digits.png"))
         finally:
             browser.close()

@@ -31,7 +31,7 @@ CSS = """
 .es-error {margin-top: 6px; padding: 6px 10px; border-radius: 6px; font-weight: 600;
            background: #f8d7da; color: #842029; border: 1px solid #dc3545}
 .es-verdict {font-size: 14px}
-.es-note {font-size: 12px; opacity: 0.85}
+.es-note {font-size: 12px; opacity: 0.85; overflow-wrap: anywhere}
 """
 
 POPULATION_INFO = {None: "sized from the budget", "n": "samples", "n_neighbors": "neighbours per iteration",
