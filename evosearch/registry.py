@@ -165,7 +165,7 @@ def _reward_digits(checkpoint=None, device="cpu"):
 def _reward_moving_digits(checkpoint=None, device="cpu"):
     from .bundled import moving_digits
 
-    return moving_digits.load_reward(path=checkpoint, device=device)
+    return moving_digits.load_reward(path=checkpoint)  # a tiny classifier: it runs on the CPU
 
 
 def _reward_clip(checkpoint=None, device="cpu"):
@@ -224,3 +224,82 @@ def load_reward(name: str, checkpoint: str | None = None, device: str = "cpu"):
         return as_reward(obj)
     except TypeError as err:
         raise ParameterError(f"reward: {name!r}: {err}") from None
+
+
+# ------------------------------------------------------------------------------ availability
+#: the file each bundled model loads its weights from, under ``evosearch/bundled/assets``
+MODEL_WEIGHTS = {"shapes": "shapes/diffusion/model_index.json", "shapes-flow": "shapes/flow/model_index.json",
+                 "digits": "digits/model_index.json", "var-digits": "var_digits/model.safetensors",
+                 "moving-digits": "moving_digits/model_index.json"}
+#: the file each bundled reward loads its weights from (rewards with ``needs_weights`` download theirs)
+REWARD_WEIGHTS = {"shapes-clip": "shapes/reward/config.json", "digits": "digits/classifier/model.safetensors",
+                  "moving-digits": "moving_digits/classifier/model.safetensors"}
+
+
+def _missing(kind: str, name: str, relative: str | None) -> str | None:
+    from .bundled.paths import ASSETS
+
+    if relative is None or (ASSETS / relative).is_file():
+        return None
+    return f"{name}: its {kind} weights are not there yet (no bundled/assets/{relative})"
+
+
+def model_unavailable(name: str) -> str | None:
+    """Why the bundled model ``name`` cannot be loaded here (its weights are missing), or None."""
+    check_choice("model", name, MODELS)
+    return _missing("model", name, MODEL_WEIGHTS.get(name))
+
+
+def makes_videos(model: str) -> bool:
+    """Whether the bundled model ``model`` makes videos (its default reward scores videos)."""
+    check_choice("model", model, MODELS)
+    return REWARDS[MODELS[model].reward].video
+
+
+def method_unavailable(method: str, model: str) -> str | None:
+    """Why ``method`` is not offered for the bundled model ``model`` (None: it is, or ``model`` is not
+    bundled and the Stepper's capabilities decide at run time)."""
+    check_choice("method", method, METHODS)
+    if model not in MODELS or method in MODELS[model].methods:
+        return None
+    where = [m for m, entry in MODELS.items() if method in entry.methods]
+    return f"{method}: runs on {', '.join(where)}, not {model}"
+
+
+def reward_unavailable(name: str, model: str | None = None, offline: bool = False,
+                       checkpoint: str | None = None) -> str | None:
+    """Why the reward ``name`` cannot score ``model``'s samples here, or None: it is made for other
+    models, scores videos where the model makes images (or the reverse), its bundled weights are
+    missing, or it needs hub weights while ``offline`` and no ``checkpoint`` is given."""
+    check_choice("reward", name, REWARDS)
+    entry = REWARDS[name]
+    if model in MODELS:
+        if entry.models is not None and model not in entry.models:
+            return f"{name}: made for {', '.join(entry.models)}, not {model}"
+        if entry.video != makes_videos(model):
+            return f"{name}: scores {'videos' if entry.video else 'images'}, {model} makes " \
+                   f"{'videos' if makes_videos(model) else 'images'}"
+    elif entry.models is not None:
+        return f"{name}: made for {', '.join(entry.models)}"
+    if checkpoint is not None:
+        return None
+    if entry.needs_weights and offline:
+        return (f"{name}: needs weights from the Hugging Face hub and this machine is offline (HF_HUB_OFFLINE=1 or "
+                f"no network); give it a local checkpoint")
+    return _missing("reward", name, REWARD_WEIGHTS.get(name))
+
+
+#: how many candidates one generation (or wave, or tree depth) of a method's plan holds at most
+PLAN_POPULATION = {
+    "best-of-n": lambda d: d["n"], "evosearch": lambda d: max(d["population_schedule"]),
+    "zero-order": lambda d: max(d["neighbors"], default=0) + 1, "particles": lambda d: d["n_particles"],
+    "paths": lambda d: max(d["n_start"], d["n_keep"] * d["width"]), "tts-var": lambda d: max(d["batch_sizes"]),
+    "tree-of-frames": lambda d: max(d["nodes"]),
+}
+
+
+def largest_population(plan) -> int:
+    """The most candidates a :class:`~evosearch.core.Plan` holds at once (for a method without an entry
+    in :data:`PLAN_POPULATION`: every sample it makes)."""
+    read = PLAN_POPULATION.get(plan.method)
+    return int(read(plan.details)) if read is not None else int(plan.samples)
