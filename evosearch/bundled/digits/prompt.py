@@ -12,6 +12,8 @@ import re
 import numpy as np
 import torch
 
+from ...core.validation import ParameterError, describe
+
 NULL_CLASS_LABEL = 10
 DIGITS = tuple(range(10))
 
@@ -37,14 +39,14 @@ def parse_digit(prompt) -> int:
     if isinstance(prompt, (np.integer,)):
         prompt = int(prompt)
     if isinstance(prompt, bool):
-        raise ValueError(f"prompt: expected {allowed}, got {prompt!r}")
+        raise ParameterError(f"prompt: expected {allowed}, got {describe(prompt)}")
     if isinstance(prompt, int):
         if 0 <= prompt <= 9:
             return prompt
-        raise ValueError(f"prompt: expected {allowed}, got the int {prompt} (allowed digits: 0-9)")
+        raise ParameterError(f"prompt: expected {allowed}, got the int {prompt} (allowed digits: 0-9)")
     if isinstance(prompt, str):
         tokens = [_WORDS.get(tok, tok) for tok in re.findall(r"[a-z]+|[0-9]+|[^\sa-z0-9]", prompt.strip().lower())]
         tokens = [tok for tok in tokens if tok not in _FILLER and tok not in (".", "!", ":", ",", "-")]
         if len(tokens) == 1 and len(tokens[0]) == 1 and tokens[0].isdigit():
             return int(tokens[0])
-    raise ValueError(f"prompt: expected {allowed}, got {prompt!r}")
+    raise ParameterError(f"prompt: expected {allowed}, got {describe(prompt)}")

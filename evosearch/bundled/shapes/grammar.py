@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...core.validation import ParameterError, describe
+
 SHAPES = ("circle", "square", "triangle")
 #: name -> RGB (0-255), far apart so that a generated colour reads as its nearest palette entry
 PALETTE = {
@@ -98,7 +100,7 @@ def normalize_prompt(prompt: str) -> str:
 def parse_prompt(prompt) -> SceneSpec:
     """The :class:`SceneSpec` a prompt asks for, or a ValueError naming ``prompt`` and the grammar."""
     if not isinstance(prompt, str):
-        raise ValueError(f"prompt: expected a string, got {type(prompt).__name__} {prompt!r:.60}; {GRAMMAR_HELP}")
+        raise ParameterError(f"prompt: expected a string, got {describe(prompt)}; {GRAMMAR_HELP}")
     text = normalize_prompt(prompt)
     m = _RE_ONE.match(text)
     if m:
@@ -118,9 +120,9 @@ def parse_prompt(prompt) -> SceneSpec:
         word, color, shape, plural = m.groups()
         n = NUMBERS[word]
         if (n > 1) != bool(plural):
-            raise ValueError(f"prompt: {prompt!r:.80} — say 'one {shape}' or '{word} {shape}s'; {GRAMMAR_HELP}")
+            raise ParameterError(f"prompt: {describe(prompt)} — say 'one {shape}' or '{word} {shape}s'; {GRAMMAR_HELP}")
         return SceneSpec("counting", tuple(ObjectSpec(shape, color) for _ in range(n)))
-    raise ValueError(f"prompt: {prompt!r:.80} is outside the grammar; {GRAMMAR_HELP}")
+    raise ParameterError(f"prompt: {describe(prompt)} is outside the grammar; {GRAMMAR_HELP}")
 
 
 def sample_spec(rng: np.random.Generator, category: str | None = None) -> SceneSpec:
