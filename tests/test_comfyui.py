@@ -1779,6 +1779,9 @@ def test_end_to_end_cancel_in_a_first_generation_of_thousands(comfy_server, batc
     record = s.record(entry, "11")
     assert record["complete"] is False and record["stats"]["stopped"] == "interrupted"
     assert record["stats"]["planned_nfe"] == planned.nfe and record["stats"]["nfe"] < gen0 * steps
+    # the search stopped after the micro-batch that was running (the last one seen may have been followed by
+    # one more before the interrupt was posted)
+    assert 0 <= record["stats"]["nfe"] - sent["nfe_seen"] <= 3 * batch, (record["stats"]["nfe"], sent["nfe_seen"])
     before = [d for t, d in progress() if t < sent["t"]]
     assert len(before) >= 10 and {d["max"] for d in before} == {planned.nfe}
     assert all(d["value"] < gen0 * steps for d in before)  # all within generation 0
