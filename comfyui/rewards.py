@@ -1,20 +1,24 @@
 """Reward loader nodes: each outputs a REWARD (an evosearch Reward) for EvoSearchSampler.
 
-Paths may be absolute, ``~``-relative, or relative to ComfyUI's ``models/`` folder (e.g.
-``evosearch/ImageReward.pt`` for ``models/evosearch/ImageReward.pt``). An empty path means
-the reward's default hub download (which needs a Hugging Face connection or cache).
-Loading errors (missing or wrong checkpoints) are raised with the reward's own message,
-naming the parameter.
+``EvoSearch Reward`` offers every image reward of :data:`evosearch.registry.REWARDS` by
+name; the other loaders expose one reward's own options. Paths may be absolute,
+``~``-relative, or relative to ComfyUI's ``models/`` folder (e.g. ``evosearch/ImageReward.pt``
+for ``models/evosearch/ImageReward.pt``). An empty path means the reward's default hub
+download; offline and without a cached copy that is one clear error naming the input and the
+file (:mod:`.hub`). Loading errors (missing or wrong checkpoints) are raised with the reward's
+own message, naming the parameter.
 """
 
 from __future__ import annotations
 
 import os
 
-from .sampler import CATEGORY, REWARD_TYPE
+from .hub import hub_errors, hub_file
+from .inputs import CATEGORY, REWARD_TYPE
 
 DEVICES = ("auto", "cpu", "cuda")
 NORMALIZE = ("rank", "zscore", "none")
+DEVICE_TOOLTIP = "Where the reward model runs; auto: ComfyUI's device."
 
 
 def resolve_path(path: str | None) -> str | None:
@@ -49,11 +53,64 @@ def resolve_device(device: str):
         return None
 
 
+def device_input():
+    return (list(DEVICES), {"default": "auto", "tooltip": DEVICE_TOOLTIP})
+
+
+def image_rewards() -> list[str]:
+    """The registry's rewards that score images (video rewards need a video model)."""
+    from evosearch.registry import REWARDS
+
+    return [name for name, entry in REWARDS.items() if not entry.video]
+
+
+def default_hub_file(name: str) -> tuple[str, str] | None:
+    """(repo, file) a registry reward downloads when no checkpoint is given, where it is one file."""
+    from evosearch.rewards.clip import AESTHETIC_HUB_FILENAME, AESTHETIC_HUB_REPO
+    from evosearch.rewards.hps import HPS_HUB_FILENAMES, HPS_HUB_REPO
+    from evosearch.rewards.imagereward import IMAGEREWARD_CHECKPOINT, IMAGEREWARD_HUB_REPO
+
+    return {"aesthetic": (AESTHETIC_HUB_REPO, AESTHETIC_HUB_FILENAME),
+            "imagereward": (IMAGEREWARD_HUB_REPO, IMAGEREWARD_CHECKPOINT),
+            "hpsv2": (HPS_HUB_REPO, HPS_HUB_FILENAMES["v2.1"])}.get(name)
+
+
 class _RewardLoader:
     CATEGORY = CATEGORY + "/rewards"
     FUNCTION = "load"
     RETURN_TYPES = (REWARD_TYPE,)
     RETURN_NAMES = ("reward",)
+    OUTPUT_TOOLTIPS = ("A reward for the EvoSearch Sampler's reward (or judge) input.",)
+
+
+class EvoSearchReward(_RewardLoader):
+    """Any image reward of evosearch's registry, by name (the names the CLI and the app use)."""
+
+    DESCRIPTION = "An evosearch reward by name, as in the evosearch CLI and app (evosearch.registry.REWARDS)."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        from evosearch.registry import REWARDS
+
+        names = image_rewards()
+        summary = "; ".join(f"{n}: {REWARDS[n].summary}" for n in names)
+        return {"required": {
+            "reward": (names, {"default": "clip", "tooltip": f"The reward. {summary}."}),
+            "checkpoint": ("STRING", {"default": "", "tooltip": "The reward's weights (a file or folder); empty: "
+                                                                "the bundled or hub default."}),
+            "device": device_input(),
+        }}
+
+    def load(self, reward, checkpoint="", device="auto"):
+        from evosearch.core.validation import check_choice
+        from evosearch.registry import REWARDS, load_reward
+
+        check_choice("reward", reward, image_rewards())
+        path = resolve_path(checkpoint)
+        if path is None and REWARDS[reward].needs_weights and default_hub_file(reward) is not None:
+            path = hub_file("checkpoint", *default_hub_file(reward))
+        with hub_errors("checkpoint", f"the weights of the reward '{reward}' ({REWARDS[reward].summary})"):
+            return (load_reward(reward, checkpoint=path, device=resolve_device(device) or "cpu"),)
 
 
 class EvoSearchDigitReward(_RewardLoader):
@@ -67,16 +124,18 @@ class EvoSearchDigitReward(_RewardLoader):
         return {"required": {
             "target": ("INT", {"default": -1, "min": -1, "max": 9,
                                "tooltip": "-1: the digit named in the reward prompt; 0-9: always this digit."}),
-            "kind": (["logprob", "prob"], {"default": "logprob"}),
+            "kind": (["logprob", "prob"], {"default": "logprob",
+                                           "tooltip": "logprob: log p(digit | image) (<= 0); prob: p in [0, 1]."}),
         }, "optional": {
-            "classifier_path": ("STRING", {"default": "", "tooltip": "Empty: the bundled classifier."}),
+            "classifier_path": ("STRING", {"default": "", "tooltip": "A classifier folder (config.json + "
+                                                                     "model.safetensors); empty: the bundled one."}),
         }}
 
     def load(self, target, kind, classifier_path=""):
-        from evosearch.bundled.digits import DigitClassifierReward
+        from evosearch.bundled import digits
 
-        return (DigitClassifierReward(path=resolve_path(classifier_path), target=None if target < 0 else int(target),
-                                      kind=kind),)
+        return (digits.load_reward(path=resolve_path(classifier_path), target=None if target < 0 else int(target),
+                                   kind=kind),)
 
 
 def _luminance(images):
@@ -96,20 +155,24 @@ class EvoSearchImageStatReward(_RewardLoader):
     maximised or minimised. Prompts are ignored. Useful to check a workflow without any reward
     model, or to steer simple properties."""
 
+    DESCRIPTION = "A model-free image statistic as a reward (prompts are ignored; no download)."
+
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "statistic": (list(IMAGE_STATISTICS), {"default": "brightness"}),
-            "direction": (["maximize", "minimize"], {"default": "maximize"}),
+            "statistic": (list(IMAGE_STATISTICS), {"default": "brightness",
+                                                   "tooltip": "brightness: mean luminance; contrast: its standard "
+                                                              "deviation; saturation: mean max-min over channels."}),
+            "direction": (["maximize", "minimize"], {"default": "maximize",
+                                                     "tooltip": "Whether the search wants more or less of it."}),
         }}
 
     def load(self, statistic, direction):
+        from evosearch.core.validation import check_choice
         from evosearch.rewards.base import FunctionReward
 
-        if statistic not in IMAGE_STATISTICS:
-            raise ValueError(f"statistic: must be one of {list(IMAGE_STATISTICS)}, got {statistic!r}")
-        if direction not in ("maximize", "minimize"):
-            raise ValueError(f"direction: must be 'maximize' or 'minimize', got {direction!r}")
+        check_choice("statistic", statistic, IMAGE_STATISTICS)
+        check_choice("direction", direction, ("maximize", "minimize"))
         stat, sign = IMAGE_STATISTICS[statistic], 1.0 if direction == "maximize" else -1.0
         return (FunctionReward(lambda images, prompts: sign * stat(images), name=f"{statistic}_{direction}"),)
 
@@ -117,68 +180,93 @@ class EvoSearchImageStatReward(_RewardLoader):
 class EvoSearchCLIPScoreReward(_RewardLoader):
     """CLIPScore on open_clip: 100 * cos(image, prompt)."""
 
+    DESCRIPTION = "CLIPScore (open_clip): how well the image matches the reward prompt."
+
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
             "model_name": ("STRING", {"default": "ViT-B-32", "tooltip": "An open_clip architecture, or "
                                                                        "hf-hub:org/repo / local-dir:/path."}),
             "pretrained": ("STRING", {"default": "openai",
-                                      "tooltip": "An open_clip pretrained tag or a checkpoint file path."}),
-            "device": (list(DEVICES), {"default": "auto"}),
-            "batch_size": ("INT", {"default": 32, "min": 1, "max": 1024}),
+                                      "tooltip": "An open_clip pretrained tag (downloaded from the hub) or a "
+                                                 "checkpoint file path."}),
+            "device": device_input(),
+            "batch_size": ("INT", {"default": 32, "min": 1, "max": 1024, "tooltip": "Images per forward pass."}),
         }}
 
     def load(self, model_name, pretrained, device, batch_size):
         from evosearch.rewards import CLIPScore
 
-        return (CLIPScore(model_name=model_name.strip(), pretrained=resolve_path(pretrained) or None,
-                          device=resolve_device(device), batch_size=int(batch_size)),)
+        with hub_errors("pretrained", f"the open_clip weights {pretrained!r} of {model_name!r}"):
+            return (CLIPScore(model_name=model_name.strip(), pretrained=resolve_path(pretrained) or None,
+                              device=resolve_device(device), batch_size=int(batch_size)),)
 
 
 class EvoSearchAestheticReward(_RewardLoader):
     """The LAION aesthetic predictor (an MLP on CLIP ViT-L/14 image features); prompts are ignored."""
 
+    DESCRIPTION = "The LAION aesthetic predictor (prompts are ignored)."
+
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "clip_model": ("STRING", {"default": "ViT-L-14"}),
-            "clip_pretrained": ("STRING", {"default": "openai"}),
+            "clip_model": ("STRING", {"default": "ViT-L-14", "tooltip": "The open_clip image encoder the MLP was "
+                                                                       "trained on (ViT-L-14 for the released one)."}),
+            "clip_pretrained": ("STRING", {"default": "openai", "tooltip": "Its pretrained tag or checkpoint path."}),
             "mlp_path": ("STRING", {"default": "", "tooltip": "The MLP checkpoint (.pth / .safetensors); empty: "
                                                               "download from the hub."}),
-            "device": (list(DEVICES), {"default": "auto"}),
+            "device": device_input(),
         }}
 
     def load(self, clip_model, clip_pretrained, mlp_path, device):
         from evosearch.rewards import Aesthetic
+        from evosearch.rewards.clip import AESTHETIC_HUB_FILENAME, AESTHETIC_HUB_REPO
 
-        return (Aesthetic(clip_model=clip_model.strip(), clip_pretrained=resolve_path(clip_pretrained) or None,
-                          mlp_path=resolve_path(mlp_path), device=resolve_device(device)),)
+        mlp = resolve_path(mlp_path) or hub_file("mlp_path", AESTHETIC_HUB_REPO, AESTHETIC_HUB_FILENAME)
+        with hub_errors("clip_pretrained", f"the open_clip weights {clip_pretrained!r} of {clip_model!r}"):
+            return (Aesthetic(clip_model=clip_model.strip(), clip_pretrained=resolve_path(clip_pretrained) or None,
+                              mlp_path=mlp, device=resolve_device(device)),)
 
 
 class EvoSearchImageRewardReward(_RewardLoader):
     """ImageReward (BLIP-based human preference); needs its checkpoint (ImageReward.pt)."""
 
+    DESCRIPTION = "ImageReward: a learned human-preference score for the image given the reward prompt."
+
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "checkpoint": ("STRING", {"default": "", "tooltip": "ImageReward.pt; empty: download from the hub."}),
-            "device": (list(DEVICES), {"default": "auto"}),
+            "checkpoint": ("STRING", {"default": "", "tooltip": "ImageReward.pt; empty: download from the hub "
+                                                                "(THUDM/ImageReward)."}),
+            "device": device_input(),
         }, "optional": {
-            "med_config": ("STRING", {"default": "", "tooltip": "med_config.json (empty: inferred / downloaded)."}),
+            "med_config": ("STRING", {"default": "", "tooltip": "med_config.json (empty: inferred from the checkpoint, "
+                                                                "or downloaded with it)."}),
             "tokenizer": ("STRING", {"default": "bert-base-uncased", "tooltip": "A BertTokenizer folder or hub id."}),
-            "backend": (["auto", "package", "builtin"], {"default": "auto"}),
+            "backend": (["auto", "package", "builtin"], {"default": "auto",
+                                                         "tooltip": "package: the image-reward package; builtin: "
+                                                                    "evosearch's loader; auto: the package if "
+                                                                    "installed."}),
         }}
 
     def load(self, checkpoint, device, med_config="", tokenizer="bert-base-uncased", backend="auto"):
         from evosearch.rewards import ImageReward
+        from evosearch.rewards.imagereward import IMAGEREWARD_CHECKPOINT, IMAGEREWARD_HUB_REPO, IMAGEREWARD_MED_CONFIG
 
-        return (ImageReward(checkpoint=resolve_path(checkpoint), med_config=resolve_path(med_config),
-                            device=resolve_device(device), tokenizer=resolve_path(tokenizer) or "bert-base-uncased",
-                            backend=backend),)
+        ckpt, med = resolve_path(checkpoint), resolve_path(med_config)
+        if ckpt is None:
+            ckpt = hub_file("checkpoint", IMAGEREWARD_HUB_REPO, IMAGEREWARD_CHECKPOINT)
+            med = med or hub_file("med_config", IMAGEREWARD_HUB_REPO, IMAGEREWARD_MED_CONFIG)
+        tok = resolve_path(tokenizer) or "bert-base-uncased"
+        with hub_errors("tokenizer", f"the tokenizer {tok!r}"):
+            return (ImageReward(checkpoint=ckpt, med_config=med, device=resolve_device(device), tokenizer=tok,
+                                backend=backend),)
 
 
 class EvoSearchPickScoreReward(_RewardLoader):
     """PickScore (a CLIP ViT-H/14 fine-tuned on Pick-a-Pic preferences)."""
+
+    DESCRIPTION = "PickScore: a learned human-preference score for the image given the reward prompt."
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -187,33 +275,43 @@ class EvoSearchPickScoreReward(_RewardLoader):
         return {"required": {
             "model": ("STRING", {"default": PICKSCORE_MODEL, "tooltip": "A CLIPModel folder or hub id."}),
             "processor": ("STRING", {"default": PICKSCORE_PROCESSOR, "tooltip": "A CLIPProcessor folder or hub id."}),
-            "device": (list(DEVICES), {"default": "auto"}),
+            "device": device_input(),
         }}
 
     def load(self, model, processor, device):
         from evosearch.rewards import PickScore
 
-        return (PickScore(model=resolve_path(model), processor=resolve_path(processor),
-                          device=resolve_device(device)),)
+        model_path, proc_path = resolve_path(model), resolve_path(processor)
+        with hub_errors(("model", "processor"), f"the hub models {model_path!r} (model) and {proc_path!r} "
+                                                f"(processor)"):
+            return (PickScore(model=model_path, processor=proc_path, device=resolve_device(device)),)
 
 
 class EvoSearchHPSReward(_RewardLoader):
     """HPSv2 / v2.1 (an open_clip ViT-H-14 fine-tuned on human preferences)."""
 
+    DESCRIPTION = "HPSv2: a learned human-preference score for the image given the reward prompt."
+
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "checkpoint": ("STRING", {"default": "", "tooltip": "The HPS checkpoint; empty: download from the hub."}),
-            "model_name": ("STRING", {"default": "ViT-H-14"}),
+            "checkpoint": ("STRING", {"default": "", "tooltip": "The HPS checkpoint; empty: download from the hub "
+                                                                "(xswu/HPSv2)."}),
+            "model_name": ("STRING", {"default": "ViT-H-14", "tooltip": "The open_clip architecture it was trained "
+                                                                       "from."}),
             "version": (["v2.1", "v2.0"], {"default": "v2.1", "tooltip": "Chooses the file to download."}),
-            "device": (list(DEVICES), {"default": "auto"}),
+            "device": device_input(),
         }}
 
     def load(self, checkpoint, model_name, version, device):
+        from evosearch.core.validation import check_choice
         from evosearch.rewards import HPSv2
+        from evosearch.rewards.hps import HPS_HUB_FILENAMES, HPS_HUB_REPO
 
-        return (HPSv2(checkpoint=resolve_path(checkpoint), model_name=model_name.strip(),
-                      device=resolve_device(device), version=version),)
+        check_choice("version", version, HPS_HUB_FILENAMES)
+        ckpt = resolve_path(checkpoint) or hub_file("checkpoint", HPS_HUB_REPO, HPS_HUB_FILENAMES[version])
+        return (HPSv2(checkpoint=ckpt, model_name=model_name.strip(), device=resolve_device(device),
+                      version=version),)
 
 
 class EvoSearchEnsembleReward(_RewardLoader):
@@ -221,16 +319,25 @@ class EvoSearchEnsembleReward(_RewardLoader):
     (rank or z-score), so that the weights mean relative importance whatever the units."""
 
     MAX_REWARDS = 4
+    DESCRIPTION = "A weighted combination of two to four rewards."
 
     @classmethod
     def INPUT_TYPES(cls):
-        weight = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.05})
-        required = {"reward_1": (REWARD_TYPE,), "weight_1": weight, "reward_2": (REWARD_TYPE,), "weight_2": weight,
-                    "normalize": (list(NORMALIZE), {"default": "rank"})}
+        def weight(k):
+            return ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.05,
+                              "tooltip": f"The weight of reward_{k}."})
+
+        def reward(k):
+            return (REWARD_TYPE, {"tooltip": f"Reward {k} of the ensemble."})
+
+        required = {"reward_1": reward(1), "weight_1": weight(1), "reward_2": reward(2), "weight_2": weight(2),
+                    "normalize": (list(NORMALIZE), {"default": "rank",
+                                                    "tooltip": "How each reward is normalised over the batch before "
+                                                               "weighting: rank, zscore, or none (raw units)."})}
         optional = {}
         for k in range(3, cls.MAX_REWARDS + 1):
-            optional[f"reward_{k}"] = (REWARD_TYPE,)
-            optional[f"weight_{k}"] = weight
+            optional[f"reward_{k}"] = reward(k)
+            optional[f"weight_{k}"] = weight(k)
         return {"required": required, "optional": optional}
 
     def load(self, reward_1, weight_1, reward_2, weight_2, normalize, **more):

@@ -180,6 +180,24 @@ def _reward_aesthetic(checkpoint=None, device="cpu"):
     return Aesthetic(mlp_checkpoint=checkpoint, device=device) if checkpoint else Aesthetic(device=device)
 
 
+def _reward_imagereward(checkpoint=None, device="cpu"):
+    from .rewards.imagereward import ImageReward
+
+    return ImageReward(checkpoint=checkpoint, device=device)
+
+
+def _reward_pickscore(checkpoint=None, device="cpu"):
+    from .rewards.pickscore import PICKSCORE_MODEL, PickScore
+
+    return PickScore(model=checkpoint or PICKSCORE_MODEL, device=device)
+
+
+def _reward_hpsv2(checkpoint=None, device="cpu"):
+    from .rewards.hps import HPSv2
+
+    return HPSv2(checkpoint=checkpoint, device=device)
+
+
 REWARDS: dict[str, RewardEntry] = {
     "shapes-clip": RewardEntry("shapes-clip", "the shapes world's contrastive image-text score (bundled)",
                                _reward_shapes, False, models=("shapes", "shapes-flow")),
@@ -191,6 +209,12 @@ REWARDS: dict[str, RewardEntry] = {
                         _reward_clip, True),
     "aesthetic": RewardEntry("aesthetic", "LAION aesthetic predictor on CLIP ViT-L/14 (hub weights)",
                              _reward_aesthetic, True),
+    "imagereward": RewardEntry("imagereward", "ImageReward human-preference score (BLIP; ImageReward.pt from the "
+                                              "hub or a checkpoint)", _reward_imagereward, True),
+    "pickscore": RewardEntry("pickscore", "PickScore human-preference score (CLIP ViT-H/14; hub weights or a "
+                                          "model folder)", _reward_pickscore, True),
+    "hpsv2": RewardEntry("hpsv2", "HPSv2.1 human-preference score (open_clip ViT-H/14; hub weights or a checkpoint)",
+                         _reward_hpsv2, True),
 }
 
 

@@ -8,10 +8,15 @@
   KSAMPLER, calculate_sigmas), ``comfy.sample``, ``comfy.model_management`` (interrupts),
   ``comfy.utils.ProgressBar`` and ``folder_paths`` that call the node back exactly as
   ComfyUI does, around a MODEL whose guided denoiser is analytic.
+* The pack's files: metadata, requirements, icon, web extension, one example workflow per method.
 * End to end, only when ``COMFYUI_DIR`` points at a ComfyUI checkout (run with a Python that
-  has ComfyUI's requirements and evosearch installed): a tiny SD1.5-layout checkpoint, a
-  ComfyUI server on 127.0.0.1 with the node pack linked into a temporary base directory, a
-  workflow posted to ``/prompt``, and the saved PNGs and JSON record checked.
+  has ComfyUI's requirements and evosearch installed): a tiny SD1.5-layout checkpoint, one
+  ComfyUI server on 127.0.0.1 for the module (the node pack linked into a temporary base
+  directory, offline), workflows posted to ``/prompt``: outputs and the record node's UI text,
+  equality with the stock KSampler at eta = 0 (denoise 1 and 0.5), a batch of latents,
+  refusals before sampling, every example workflow, and Cancel in a first generation of
+  12001 candidates (latency and progress messages measured; ``EVOSEARCH_E2E_REPORT=<path>``
+  keeps the numbers and the server log).
 """
 
 from __future__ import annotations
@@ -56,6 +61,13 @@ def load_pack():
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def pack_module(name: str):
+    """A module of the node pack (``inputs``, ``progress``, ``record``, ``hub``, ``workflows``, ...)."""
+    import importlib
+
+    return importlib.import_module(f"{load_pack().__name__}.{name}")
 
 
 # ---------------------------------------------------------------------------- KDiffusionStepper
@@ -230,6 +242,14 @@ def test_kdiffusion_stepper_start_init_latent_and_max_denoise():
     assert torch.allclose(seen[0][0], x * math.sqrt(1 + 100.0)) and seen[0][1].tolist() == [10.0]
     empty = KDiffusionStepper(gm_denoiser(), sigmas, (1, 1, 2), raw_decode, init_latent=torch.zeros(1, 1, 1, 2))
     assert empty.init_latent is None
+    # set_init_latent: the next starts are built around another latent (a ComfyUI batch, latent by latent)
+    empty.prepare("p")
+    empty.set_init_latent(init[0])
+    assert torch.allclose(empty.start([3]), a0 * init + noise) and empty.init_latent.shape == (1, 1, 1, 2)
+    empty.set_init_latent(None)
+    assert torch.equal(empty.start([3]), noise)
+    with pytest.raises(ValueError, match=r"init_latent: expected shape \(1, 1, 1, 2\)"):
+        empty.set_init_latent(torch.ones(2, 1, 1, 2))
 
 
 def test_kdiffusion_stepper_is_deterministic_and_batch_independent():
@@ -254,7 +274,7 @@ def test_search_from_stepper_replays_the_winner(method):
     reward = FunctionReward(first_coordinate, name="x0")
     search = SearchPipeline.from_stepper(st, reward, method)
     pack = load_pack()
-    tracker = pack.sampler.BestLatentTracker(st)
+    tracker = pack_module("progress").BestLatentTracker(st)
     out = search("p", seed=3, nfe_budget=200, output_type="pt", callback=tracker, progress=False)
     assert out.complete and out.stats.nfe == method.cost(200, 6) <= 200
     assert out.settings["family"] == "kdiffusion"
@@ -275,57 +295,129 @@ def test_from_stepper_rejects_non_steppers():
 
 # ---------------------------------------------------------------------------- node interface
 def test_node_mappings_and_interfaces():
+    import inspect
+
     pack = load_pack()
     assert set(pack.NODE_CLASS_MAPPINGS) == set(pack.NODE_DISPLAY_NAME_MAPPINGS)
     for name, cls in pack.NODE_CLASS_MAPPINGS.items():
         spec = cls.INPUT_TYPES()
         assert set(spec) <= {"required", "optional", "hidden"} and spec["required"], name
+        assert cls.DESCRIPTION and cls.CATEGORY.startswith("sampling/evosearch"), name
         for section in spec.values():
             for key, entry in section.items():
-                assert isinstance(entry, tuple) and 1 <= len(entry) <= 2, (name, key)
-                assert isinstance(entry[0], (str, list)), (name, key)
-                if len(entry) == 2:
-                    assert isinstance(entry[1], dict), (name, key)
+                assert isinstance(entry, tuple) and len(entry) == 2, (name, key)
+                assert isinstance(entry[0], (str, list)) and isinstance(entry[1], dict), (name, key)
+                tooltip = entry[1].get("tooltip")
+                assert isinstance(tooltip, str) and len(tooltip) >= 10, (name, key, "every input has a tooltip")
         assert isinstance(cls.RETURN_TYPES, tuple) and callable(getattr(cls, cls.FUNCTION)), name
-        assert cls.CATEGORY.startswith("sampling/evosearch"), name
         if hasattr(cls, "RETURN_NAMES"):
             assert len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES), name
         # the function takes every required and optional input by name
-        import inspect
-
         params = inspect.signature(getattr(cls, cls.FUNCTION)).parameters
         has_kwargs = any(p.kind == p.VAR_KEYWORD for p in params.values())
         for key in list(spec["required"]) + list(spec.get("optional", {})):
             assert key in params or has_kwargs, (name, key)
 
     sampler = pack.NODE_CLASS_MAPPINGS["EvoSearchSampler"]
-    req = sampler.INPUT_TYPES()["required"]
+    spec = sampler.INPUT_TYPES()
+    req, opt = spec["required"], spec["optional"]
     assert [req[k][0] for k in ("model", "positive", "negative", "latent_image", "vae", "reward")] == [
         "MODEL", "CONDITIONING", "CONDITIONING", "LATENT", "VAE", "REWARD"]
-    assert req["method"][0] == ["evosearch", "best-of-n", "zero-order", "paths", "particles"]
     assert {"nfe_budget", "seed", "steps", "cfg", "scheduler", "eta"} <= set(req)
+    assert opt["denoise"][1]["default"] == 1.0 and opt["denoise"][1]["max"] == 1.0 and opt["judge"][0] == "REWARD"
     assert "karras" in req["scheduler"][0] and "normal" in req["scheduler"][0]
     assert sampler.RETURN_TYPES == ("LATENT", "IMAGE", "IMAGE", "STRING")
     for name, cls in pack.NODE_CLASS_MAPPINGS.items():
         if name.endswith("Reward"):
             assert cls.RETURN_TYPES == ("REWARD",), name
     ens = pack.NODE_CLASS_MAPPINGS["EvoSearchEnsembleReward"].INPUT_TYPES()
-    assert ens["required"]["reward_1"] == ("REWARD",) and ens["required"]["normalize"][0] == ["rank", "zscore", "none"]
+    assert ens["required"]["reward_1"][0] == "REWARD" and ens["required"]["normalize"][0] == ["rank", "zscore", "none"]
     save = pack.NODE_CLASS_MAPPINGS["EvoSearchSaveRecord"]
     assert save.OUTPUT_NODE and save.INPUT_TYPES()["required"]["record_json"][0] == "STRING"
 
 
-def test_pyproject_metadata():
+def test_methods_come_from_the_registry():
+    """The method list is the registry's, less the methods a k-diffusion model cannot run."""
+    from evosearch.core.stepper import check_capabilities
+    from evosearch.core.validation import ParameterError
+    from evosearch.registry import METHOD_SUMMARIES, METHODS, build_method
+
+    pack = load_pack()
+    choices = pack.NODE_CLASS_MAPPINGS["EvoSearchSampler"].INPUT_TYPES()["required"]["method"]
+    assert choices[0] == list(pack.inputs.method_choices()) == ["evosearch", "best-of-n", "zero-order", "paths",
+                                                                 "particles"]
+    assert all(METHOD_SUMMARIES[m] in choices[1]["tooltip"] for m in choices[0])
+    stepper = KDiffusionStepper(gm_denoiser(), [10.0, 1.0, 0.0], (1, 1, 2), raw_decode, eta=1.0)
+    for name, cls in METHODS.items():
+        if name in choices[0]:
+            method = build_method(name)
+            check_capabilities(name, method.requirements(method.plan(400, 2)), stepper)
+        else:  # tts-var, tree-of-frames
+            with pytest.raises(ParameterError, match="method"):
+                check_capabilities(name, cls.requires, stepper)
+    assert not hasattr(pack.sampler, "make_method") and not hasattr(pack.sampler, "METHOD_CHOICES")
+
+
+def test_pack_metadata_requirements_icon_and_web_extension():
     try:
         import tomllib
     except ImportError:  # Python 3.10
         tomllib = pytest.importorskip("tomli")
 
     meta = tomllib.loads((PACK_DIR / "pyproject.toml").read_text())
-    comfy = meta["tool"]["comfy"]
-    assert {"PublisherId", "DisplayName", "Icon"} <= set(comfy) and comfy["PublisherId"] and comfy["DisplayName"]
-    assert meta["project"]["name"] and meta["project"]["version"]
-    assert meta["project"]["dependencies"] == ["evosearch"]
+    comfy, project = meta["tool"]["comfy"], meta["project"]
+    for key in ("PublisherId", "DisplayName", "Icon"):
+        assert isinstance(comfy[key], str) and comfy[key].strip(), key
+    assert comfy["Icon"].endswith("comfyui/icon.svg") and (PACK_DIR / "icon.svg").is_file()
+    repo = project["urls"]["Repository"]
+    assert repo.startswith("https://") and "evosearch" in repo and comfy["Icon"].startswith(
+        repo.replace("github.com", "raw.githubusercontent.com"))
+    assert project["name"] and "comfyui" not in project["name"].lower() and project["version"].count(".") == 2
+    # requirements.txt: what ComfyUI-Manager installs, the same packages as the pyproject's dependencies
+    reqs = [ln.strip() for ln in (PACK_DIR / "requirements.txt").read_text().splitlines()
+            if ln.strip() and not ln.lstrip().startswith("#")]
+    assert reqs == project["dependencies"] == ["evosearch"]
+    # the web extension that shows the Save Record node's summary
+    pack = load_pack()
+    # one way to register the web folder: WEB_DIRECTORY (a [tool.comfy] web entry would register it a second
+    # time under the project's name, and the browser refuses the second registration of the extension)
+    assert "web" not in comfy and pack.WEB_DIRECTORY == "./web"
+    js = (PACK_DIR / "web" / "evosearch.js").read_text()
+    assert "EvoSearchSaveRecord" in js and "onExecuted" in js and "message?.text" in js
+
+
+def test_example_workflows_one_per_method():
+    pack = load_pack()
+    workflows = pack_module("workflows")
+    folder = PACK_DIR / "example_workflows"
+    assert sorted(p.name for p in folder.glob("*.json")) == sorted(workflows.file_name(m)
+                                                                   for m in pack.inputs.method_choices())
+    for method in pack.inputs.method_choices():
+        path = folder / workflows.file_name(method)
+        wf = json.loads(path.read_text())
+        assert path.read_text() == workflows.dumps(workflows.example(method)), f"{path.name}: regenerate it with " \
+                                                                              f"python -m comfyui.workflows"
+        from PIL import Image
+
+        with Image.open(path.with_suffix(".jpg")) as card:  # the template browser's card
+            assert card.format == "JPEG" and card.size == workflows.THUMBNAIL_SIZE
+        nodes = {n["id"]: n for n in wf["nodes"]}
+        assert wf["version"] == 0.4 and wf["last_node_id"] == max(nodes) and wf["last_link_id"] == len(wf["links"])
+        for link_id, src, src_slot, dst, dst_slot, kind in wf["links"]:
+            assert nodes[src]["outputs"][src_slot]["type"] == kind and link_id in nodes[src]["outputs"][src_slot][
+                "links"]
+            assert nodes[dst]["inputs"][dst_slot]["link"] == link_id and nodes[dst]["inputs"][dst_slot]["type"] == kind
+        (sampler,) = [n for n in wf["nodes"] if n["type"] == "EvoSearchSampler"]
+        spec = pack.NODE_CLASS_MAPPINGS["EvoSearchSampler"].INPUT_TYPES()
+        names = [k for s in ("required", "optional") for k, e in spec[s].items() if workflows._is_widget(e)]
+        values = list(sampler["widgets_values"])
+        values.pop(names.index("seed") + 1)  # the editor's "control after generate" value
+        assert values[0] == workflows.PROMPT and len(values) == len(names)
+        widgets = dict(zip(names, values))
+        assert widgets["method"] == method and widgets["nfe_budget"] == workflows.METHOD_SETTINGS[method]["nfe_budget"]
+        assert widgets["scheduler"] in pack.inputs.FALLBACK_SCHEDULERS and widgets["denoise"] == 1.0
+        linked = {i["name"] for i in sampler["inputs"] if i["link"] is not None}
+        assert linked == {"model", "positive", "negative", "latent_image", "vae", "reward"}
 
 
 # ---------------------------------------------------------------------------- a fake ComfyUI
@@ -369,8 +461,9 @@ class FakeModel:
     N(mu_c, v) a priori under conditioning c, so E[x0 | x] = mu + v / (v + sigma^2) (x - mu)
     (VE) — CFG mixes the two posterior means."""
 
-    def __init__(self, sampling="eps", interrupt_after=None, mm=None):
+    def __init__(self, sampling="eps", interrupt_after=None, mm=None, record_inputs=False):
         self.model_sampling = FakeEPS() if sampling == "eps" else FakeCONST()
+        self.inputs = [] if record_inputs else None  # (x, sigma) of every call
         self.latent_format = FakeLatentFormat()
         self.model = types.SimpleNamespace()  # the BaseModel; its class name goes into the record
         self.load_device = torch.device("cpu")
@@ -390,6 +483,8 @@ class FakeModel:
 
     def denoise(self, x, sigma, conds, cfg):
         self.calls += 1
+        if self.inputs is not None:
+            self.inputs.append((x.detach().clone(), sigma.detach().clone()))
         if self.interrupt_after is not None and self.calls == self.interrupt_after:
             self.mm.interrupt_current_processing(True)  # as if Cancel was pressed now
         cond = self.posterior_mean(x, sigma, conds["positive"][0][0])
@@ -529,9 +624,21 @@ def make_fake_comfy(tmp_path):
                                      denoise_mask, disable_pbar)
             return fmt.process_out(samples.to(torch.float32))
 
+    class KSampler:  # comfy.samplers.KSampler's constructor and set_steps: the sigmas, with partial denoise
+        SCHEDULERS = ["normal", "karras"]
+
+        def __init__(self, model, steps, device, sampler=None, scheduler=None, denoise=None, model_options={}):
+            ms_ = model.get_model_object("model_sampling")
+            if denoise is None or denoise > 0.9999:
+                self.sigmas = samplers.calculate_sigmas(ms_, scheduler, steps)
+            elif denoise <= 0.0:
+                self.sigmas = torch.FloatTensor([])
+            else:
+                self.sigmas = samplers.calculate_sigmas(ms_, scheduler, int(steps / denoise))[-(steps + 1):]
+
     samplers.calculate_sigmas = calculate_sigmas
     samplers.Sampler, samplers.KSAMPLER, samplers.CFGGuider = Sampler, KSAMPLER, CFGGuider
-    samplers.KSampler = types.SimpleNamespace(SCHEDULERS=["normal", "karras"])
+    samplers.KSampler = KSampler
 
     sample = types.ModuleType("comfy.sample")
     sample.fix_empty_latent_channels = lambda model, latent: latent
@@ -564,8 +671,10 @@ def fake_comfy(tmp_path, monkeypatch):
     for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
     modules["comfy.utils"].ProgressBar.updates = []
+    monkeypatch.setattr(pack_module("progress"), "PROGRESS_INTERVAL", 0.0)  # every micro-batch's update is sent
     return types.SimpleNamespace(mm=modules["comfy.model_management"], pbar=modules["comfy.utils"].ProgressBar,
-                                 out_dir=tmp_path / "output")
+                                 out_dir=tmp_path / "output", samplers=modules["comfy.samplers"],
+                                 sample=modules["comfy.sample"])
 
 
 def conditioning(value, shape=(4, 4, 4)):
@@ -592,19 +701,20 @@ def test_sampler_node_outputs(fake_comfy):
     model = FakeModel()
     (latent, best, grid, record_json), vae = run_node(model)
     rec = json.loads(record_json)
-    assert rec["complete"]
+    assert rec["complete"] and rec["stats"]["stopped"] is None
     plan = rec["settings"]["plan"]
     evo, pop = plan["evolution_schedule"], plan["population_schedule"]
     nfe = pop[0] * 6 + sum(p * (6 - e) for e, p in zip(evo, pop[1:]))
-    assert rec["stats"]["nfe"] == nfe <= 120
+    assert rec["stats"]["nfe"] == rec["stats"]["planned_nfe"] == nfe <= 120
     assert rec["stats"]["reward_calls"] == sum(pop) == rec["stats"]["decode_calls"] == vae.calls
     assert rec["comfyui"]["sampling"] == "ve" and rec["comfyui"]["scheduler"] == "karras"
     assert rec["comfyui"]["max_denoise"] is True and len(rec["comfyui"]["sigmas"]) == 7
+    assert rec["comfyui"]["batch_size"] == 1 and rec["comfyui"]["seeds"] == [5] and rec["comfyui"]["denoise"] == 1.0
     assert rec["settings"]["request"]["guidance_scale"] == 2.0 and rec["settings"]["request"]["prompt"] == "red"
     assert rec["settings"]["request"]["extra"] == {"scheduler": "karras", "sampling": "ve",
-                                                   "model": "SimpleNamespace"}
+                                                   "model": "SimpleNamespace", "denoise": 1.0}
     assert rec["settings"]["family"] == "kdiffusion" and rec["settings"]["method"]["method"] == "evosearch"
-    assert rec["best_reward"] == max(rec["rewards"])
+    assert rec["best_reward"] == max(rec["rewards"]) and rec["judge"] is None
     assert set(latent) == {"samples"} and latent["samples"].shape == (1, 4, 4, 4)
     assert best.shape == (1, 8, 8, 3) and best.dtype == torch.float32 and 0 <= best.min() <= best.max() <= 1
     n = len(rec["rewards"])
@@ -616,12 +726,43 @@ def test_sampler_node_outputs(fake_comfy):
     decoded = FakeVAE().decode(latent["samples"])
     assert (decoded - best).abs().max() <= 0.5 / 255 + 1e-6
     assert float(red(decoded.movedim(-1, 1), None)[0]) == pytest.approx(rec["best_reward"], abs=1e-6)
-    # progress in NFE of the budget, with previews of improvements
+    # progress in NFE of the plan, with previews of improvements
     values = [u[0] for u in fake_comfy.pbar.updates]
     assert values == sorted(values) and values[-1] == rec["stats"]["nfe"]
-    assert all(u[1] == 120 for u in fake_comfy.pbar.updates)
+    assert all(u[1] == nfe for u in fake_comfy.pbar.updates)
     previews = [u[2] for u in fake_comfy.pbar.updates if u[2] is not None]
     assert previews and previews[0][0] == "JPEG" and previews[0][1].size == (8, 8)
+
+
+def test_progress_per_micro_batch_with_the_plans_nfe_as_total(fake_comfy):
+    """One progress update per micro-batch of max_batch_size rows; the bar's total is the plan's NFE
+    (here 60 for a budget of 70), not the budget."""
+    model = FakeModel()
+    (_, _, _, rec), _ = run_node(model, method="best-of-n", population=10, nfe_budget=70, steps=6, max_batch_size=4)
+    rec = json.loads(rec)
+    assert rec["stats"]["planned_nfe"] == rec["stats"]["nfe"] == 60 and rec["stats"]["nfe_budget"] == 70
+    updates = fake_comfy.pbar.updates
+    assert {u[1] for u in updates} == {60}
+    progress = [u[0] for u in updates if u[2] is None]
+    # waves of 4, 4, 2 candidates; each step of a wave is one model call, followed by one update
+    micro_batches = 3 * 6
+    assert model.calls == micro_batches and len(set(progress)) == micro_batches
+    steps_of = sorted(set(progress))
+    assert steps_of[:6] == [4, 8, 12, 16, 20, 24] and steps_of[-1] == 60
+
+
+def test_cancel_is_seen_within_one_micro_batch(fake_comfy):
+    """Cancel during a first generation of hundreds of candidates: the search stops after the model call
+    that was running, returns the best so far, and clears the interrupt so the workflow goes on."""
+    model = FakeModel(interrupt_after=23, mm=fake_comfy.mm)
+    (latent, best, _, rec), _ = run_node(model, method="evosearch", nfe_budget=3000, steps=4, max_batch_size=8)
+    rec = json.loads(rec)
+    assert rec["settings"]["plan"]["population_schedule"][0] >= 300
+    assert model.calls == 23  # nothing after the micro-batch during which Cancel came
+    assert rec["complete"] is False and rec["stats"]["stopped"] == "interrupted"
+    assert rec["stats"]["nfe"] == 23 * 8 and rec["stats"]["planned_nfe"] > 2000
+    assert len(rec["rewards"]) >= 1 and rec["best_reward"] == max(rec["rewards"])
+    assert fake_comfy.mm.state["interrupted"] is False and best.shape == (1, 8, 8, 3)
 
 
 def test_sampler_node_reloads_models_a_vae_decode_unloaded(fake_comfy):
@@ -657,6 +798,25 @@ def test_sampler_node_runs_every_method(fake_comfy, method, population, budget):
     assert math.isfinite(rec["best_reward"]) and latent["samples"].shape == (1, 4, 4, 4)
 
 
+@pytest.mark.parametrize("method", ["best-of-n", "zero-order", "paths", "particles"])
+def test_population_is_the_registrys_population_parameter(fake_comfy, method):
+    from evosearch.registry import POPULATION_PARAMETER
+
+    (_, _, _, rec), _ = run_node(FakeModel(), method=method, population=3, nfe_budget=120, steps=6, max_batch_size=4)
+    rec = json.loads(rec)
+    assert rec["settings"]["method"][POPULATION_PARAMETER[method]] == 3
+
+
+def test_population_and_mutation_rate_of_evosearch(fake_comfy):
+    from evosearch.core.validation import ParameterError
+
+    model = FakeModel()
+    with pytest.raises(ParameterError, match="population: evosearch sizes its populations"):
+        run_node(model, method="evosearch", population=4)
+    (_, _, _, rec), _ = run_node(model, method="evosearch", mutation_rate=0.35, nfe_budget=60)
+    assert json.loads(rec)["settings"]["method"]["mutation_rate"] == 0.35
+
+
 def test_sampler_node_flow_models_and_init_latents(fake_comfy):
     model = FakeModel(sampling="const")
     (latent, best, _, rec), _ = run_node(model, method="best-of-n", nfe_budget=18, steps=6)
@@ -664,22 +824,172 @@ def test_sampler_node_flow_models_and_init_latents(fake_comfy):
     assert rec["comfyui"]["sampling"] == "flow" and rec["comfyui"]["max_denoise"] is False
     assert rec["comfyui"]["sigmas"][0] == 1.0 and latent["samples"].shape == (1, 4, 4, 4)
     # a non-empty latent enters the start state as a_0 * latent (model latents: process_in applied)
-    from evosearch.pipelines import kdiffusion
+    model = FakeModel(record_inputs=True)
+    init = torch.full((1, 4, 4, 4), 0.8)
+    (_, _, _, rec), _ = run_node(model, latent=init, method="best-of-n", population=1, nfe_budget=6, steps=6)
+    rec = json.loads(rec)
+    seed = rec["lineage"]["events"][0]["seed"]
+    from evosearch.core.noise import gaussian_rows
 
-    seen = {}
-    original = kdiffusion.KDiffusionStepper.__init__
+    noise = gaussian_rows((4, 4, 4), [seed])
+    x0, sigma0 = model.inputs[0]
+    # a full denoise (sigma_0 = sigma_max): ComfyUI's max-denoise start, latent + sqrt(1 + sigma^2) noise
+    assert torch.allclose(x0, init * FakeLatentFormat.scale_factor + math.sqrt(1 + float(sigma0[0]) ** 2) * noise,
+                          atol=1e-5)
 
-    def spy(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        seen["init"] = self.init_latent
 
-    kdiffusion.KDiffusionStepper.__init__ = spy
+def test_denoise_starts_from_the_partly_noised_latent_as_ksampler(fake_comfy):
+    """denoise < 1: the sigmas are the last steps + 1 of a schedule of int(steps / denoise) steps (ComfyUI's
+    KSampler.set_steps) and the first model input is latent + sigma_0 * noise, as KSampler's."""
+    init = torch.full((1, 4, 4, 4), 0.8)
+    model = FakeModel(record_inputs=True)
+    (latent, _, _, rec), _ = run_node(model, latent=init, method="best-of-n", population=1, nfe_budget=6, steps=6,
+                                      denoise=0.5)
+    rec = json.loads(rec)
+    full = fake_comfy.samplers.calculate_sigmas(FakeEPS(), "karras", 12)
+    assert rec["comfyui"]["sigmas"] == pytest.approx(full[-7:].tolist()) and rec["comfyui"]["denoise"] == 0.5
+    assert rec["comfyui"]["max_denoise"] is False and rec["settings"]["request"]["extra"]["denoise"] == 0.5
+    from evosearch.core.noise import gaussian_rows
+
+    noise = gaussian_rows((4, 4, 4), [rec["lineage"]["events"][0]["seed"]])
+    x0, sigma0 = model.inputs[0]
+    assert float(sigma0[0]) == pytest.approx(float(full[-7]))
+    assert torch.allclose(x0, init * FakeLatentFormat.scale_factor + float(full[-7]) * noise, atol=1e-5)
+    # flow models: (1 - sigma_0) latent + sigma_0 noise
+    model = FakeModel(sampling="const", record_inputs=True)
+    (_, _, _, rec), _ = run_node(model, latent=init, method="best-of-n", population=1, nfe_budget=6, steps=6,
+                                 denoise=0.5)
+    rec = json.loads(rec)
+    s0 = rec["comfyui"]["sigmas"][0]
+    assert s0 == pytest.approx(float(fake_comfy.samplers.calculate_sigmas(FakeCONST(), "karras", 12)[-7]))
+    noise = gaussian_rows((4, 4, 4), [rec["lineage"]["events"][0]["seed"]])
+    assert torch.allclose(model.inputs[0][0], (1 - s0) * init * FakeLatentFormat.scale_factor + s0 * noise, atol=1e-5)
+    # denoise out of (0, 1]: refused before any model call
+    from evosearch.core.validation import ParameterError
+
+    fresh = FakeModel()
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ParameterError, match="denoise"):
+            run_node(fresh, denoise=bad)
+    assert fresh.calls == 0
+
+
+def test_batch_of_latents_is_searched_latent_by_latent(fake_comfy):
+    """A batch of 3 latents: 3 searches (latent k with seed + k, each with the whole budget), outputs
+    stacked in order; latent k's result is what a batch-1 run of that latent with seed + k gives."""
+    latents = torch.stack([torch.full((4, 4, 4), v) for v in (0.0, 0.6, -0.6)])
+    (latent, best, grid, rec), _ = run_node(FakeModel(), latent=latents, method="best-of-n", nfe_budget=18, steps=6,
+                                            seed=5)
+    rec = json.loads(rec)
+    assert latent["samples"].shape == (3, 4, 4, 4) and best.shape == (3, 8, 8, 3) and grid.shape[0] == 3
+    assert rec["complete"] and rec["batch_size"] == 3 and len(rec["items"]) == 3
+    assert rec["comfyui"]["seeds"] == [5, 6, 7] and rec["comfyui"]["batch_size"] == 3
+    assert all(item["stats"]["nfe"] == 18 for item in rec["items"])
+    for k in range(3):
+        (one, one_best, _, one_rec), _ = run_node(FakeModel(), latent=latents[k:k + 1], method="best-of-n",
+                                                  nfe_budget=18, steps=6, seed=5 + k)
+        one_rec = json.loads(one_rec)
+        assert torch.equal(one["samples"][0], latent["samples"][k]) and torch.equal(one_best[0], best[k])
+        assert one_rec["rewards"] == rec["items"][k]["rewards"] and one_rec["lineage"] == rec["items"][k]["lineage"]
+
+
+def test_batch_progress_and_interrupt(fake_comfy):
+    latents = torch.zeros(3, 4, 4, 4)
+    (_, _, _, rec), _ = run_node(FakeModel(), latent=latents, method="best-of-n", nfe_budget=18, steps=6)
+    totals = {u[1] for u in fake_comfy.pbar.updates}
+    values = [u[0] for u in fake_comfy.pbar.updates]
+    assert totals == {54} and values == sorted(values) and values[-1] == 54
+    # Cancel during the second latent: the first comes back complete, the second with its best so far,
+    # the third is not searched; the record says so
+    # (6 candidates in waves of 3: 12 model calls per latent; call 20 is in latent 1's second wave)
+    model = FakeModel(interrupt_after=20, mm=fake_comfy.mm)
+    (latent, best, _, rec), _ = run_node(model, latent=latents, method="best-of-n", population=6, nfe_budget=36,
+                                         steps=6, max_batch_size=3)
+    rec = json.loads(rec)
+    assert latent["samples"].shape[0] == best.shape[0] == 2 and len(rec["items"]) == 2
+    assert rec["complete"] is False and rec["items"][0]["complete"] and not rec["items"][1]["complete"]
+    assert len(rec["items"][1]["rewards"]) == 3 and model.calls == 20
+    assert fake_comfy.mm.state["interrupted"] is False
+    summary = pack_module("record").record_summary(rec)
+    assert "latent 1: best reward" in summary and "1 latent(s) of the batch not searched" in summary
+    # Cancel before latent 1 scored anything: latent 0's result comes back alone
+    model = FakeModel(interrupt_after=15, mm=fake_comfy.mm)
+    (latent, _, _, rec), _ = run_node(model, latent=latents, method="best-of-n", population=6, nfe_budget=36,
+                                      steps=6, max_batch_size=3)
+    rec = json.loads(rec)
+    assert latent["samples"].shape[0] == 1 and len(rec["items"]) == 1 and rec["items"][0]["complete"]
+    assert rec["complete"] is False and "2 latent(s) of the batch not searched" in pack_module(
+        "record").record_summary(rec)
+
+
+def test_video_latents_are_refused_before_sampling(fake_comfy):
+    from evosearch.core.validation import ParameterError
+
+    model = FakeModel()
+    with pytest.raises(ParameterError, match=r"latent_image: is a video latent \(1, 4, 3, 4, 4\)"):
+        run_node(model, latent=torch.zeros(1, 4, 3, 4, 4))
+    # a video model turns an empty image latent into a 5-D one (fix_empty_latent_channels): refused too
+    real = fake_comfy.sample.fix_empty_latent_channels
+    fake_comfy.sample.fix_empty_latent_channels = lambda m, latent: latent.unsqueeze(2)
     try:
-        init = torch.full((1, 4, 4, 4), 0.8)
-        run_node(FakeModel(), latent=init, method="best-of-n", nfe_budget=12, steps=6)
+        with pytest.raises(ParameterError, match="video latent"):
+            run_node(model)
     finally:
-        kdiffusion.KDiffusionStepper.__init__ = original
-    assert torch.allclose(seen["init"], init * FakeLatentFormat.scale_factor)
+        fake_comfy.sample.fix_empty_latent_channels = real
+    with pytest.raises(ParameterError, match="image latent"):
+        run_node(model, latent=torch.zeros(4, 4, 4))
+    assert model.calls == 0 and fake_comfy.mm.state["load_models_gpu"] == 0
+
+
+def test_reward_prompt_is_checked_before_sampling(fake_comfy):
+    """A reward that cannot score the prompt (the digit classifier asked for 'a red square') fails before
+    the model loads, naming reward_prompt."""
+    from evosearch.bundled.digits import parse_digit
+    from evosearch.core.validation import ParameterError
+
+    def digit_reward(images, prompts):
+        return torch.tensor([float(parse_digit(p)) for p in prompts])
+
+    model = FakeModel()
+    t = time.perf_counter()
+    with pytest.raises(ParameterError, match=r"reward_prompt: the reward digits cannot score the prompt 'a red "
+                                             r"square'.*prompt: expected"):
+        run_node(model, reward=FunctionReward(digit_reward, name="digits"), reward_prompt="a red square",
+                 nfe_budget=100000)
+    assert time.perf_counter() - t < 5
+    assert model.calls == 0 and fake_comfy.mm.state["load_models_gpu"] == 0
+    (_, _, _, rec), _ = run_node(model, reward=FunctionReward(digit_reward, name="digits"), reward_prompt="digit 3",
+                                 method="best-of-n", nfe_budget=12, steps=6)
+    assert json.loads(rec)["best_reward"] == 3.0
+
+
+def test_digit_reward_rejects_a_prompt_before_sampling(fake_comfy):
+    from evosearch.bundled.paths import asset_path
+    from evosearch.core.validation import ParameterError
+
+    if not (asset_path("digits", "classifier") / "config.json").is_file():
+        pytest.skip("the bundled digit classifier is not in this checkout")
+    pack = load_pack()
+    (reward,) = pack.NODE_CLASS_MAPPINGS["EvoSearchDigitReward"]().load(-1, "logprob")
+    model = FakeModel()
+    with pytest.raises(ParameterError, match="reward_prompt: the reward digit_classifier cannot score"):
+        run_node(model, reward=reward, reward_prompt="a cat")
+    assert model.calls == 0
+
+
+def test_judge_input_goes_into_the_record_and_the_summary(fake_comfy):
+    def blue(images, prompts):
+        return images[:, 2].mean(dim=(1, 2))
+
+    (_, _, _, rec), _ = run_node(FakeModel(), method="best-of-n", nfe_budget=60, steps=6, population=10,
+                                 judge=FunctionReward(blue, name="blue"))
+    rec = json.loads(rec)
+    assert set(rec["judge"]) == {"best", "plain", "population"} and rec["judge"]["plain"]["n"] == 8
+    assert "score" in rec["judge"]["best"]
+    summary = pack_module("record").record_summary(rec)
+    assert f"judge: best sample scores {rec['judge']['best']['score']:.4g}" in summary
+    with pytest.raises(TypeError, match="judge"):
+        run_node(FakeModel(), judge="blue")
 
 
 def test_sampler_node_interrupt_returns_best_so_far(fake_comfy):
@@ -703,45 +1013,64 @@ def test_sampler_node_interrupt_returns_best_so_far(fake_comfy):
 
 
 def test_sampler_node_errors(fake_comfy):
+    from evosearch.core.validation import ParameterError
+
     model = FakeModel()
     with pytest.raises(ValueError, match="nfe_budget"):
         run_node(model, method="best-of-n", nfe_budget=5, steps=6)
-    assert model.calls == 0  # validated before any model call
-    with pytest.raises(ValueError, match="method"):
+    with pytest.raises(ParameterError, match="method: must be one of evosearch, best-of-n"):
         run_node(model, method="tts-var")
-    with pytest.raises(ValueError, match="noise mask"):
+    with pytest.raises(ParameterError, match="noise mask"):
         pack = load_pack()
         pack.NODE_CLASS_MAPPINGS["EvoSearchSampler"]().sample(
             model, conditioning(1), conditioning(0), {"samples": torch.zeros(1, 4, 4, 4), "noise_mask": torch.ones(1)},
             FakeVAE(), FunctionReward(red), "p", "best-of-n", 12, 0, 6, 1.0, "karras", 1.0)
     with pytest.raises(TypeError, match="reward"):
         run_node(model, reward=lambda images, prompts: images.mean())
-    with pytest.raises(ValueError, match="scheduler"):
+    with pytest.raises(ParameterError, match="scheduler: must be one of normal, karras"):
         run_node(model, scheduler="no-such-scheduler")
     cm = sys.modules["comfy.samplers"]
     real = cm.calculate_sigmas
     cm.calculate_sigmas = lambda ms, name, steps: torch.tensor([float("nan"), 0.0])  # kl_optimal at 1 step
     try:
-        with pytest.raises(ValueError, match="scheduler: 'karras' at 6 steps gives sigmas"):
+        with pytest.raises(ValueError, match=r"scheduler: 'karras' at 6 steps \(denoise 1\) gives sigmas"):
             run_node(model)
     finally:
         cm.calculate_sigmas = real
-    assert model.calls == 0
     with pytest.raises(ValueError, match="eta"):
         run_node(model, eta=0.0)  # EvoSearch mutates with the sampler's noise
+    with pytest.raises(ParameterError, match="reward_prompt: must be a string"):
+        run_node(model, reward_prompt=None)
+    with pytest.raises(ParameterError, match="on_interrupt"):
+        run_node(model, on_interrupt="ignore")
+    assert model.calls == 0 and sys.modules["comfy.model_management"].state["load_models_gpu"] == 0
 
 
-def test_save_record_node(fake_comfy):
+def test_save_record_node_shows_best_reward_nfe_and_judge(fake_comfy):
     pack = load_pack()
     node = pack.NODE_CLASS_MAPPINGS["EvoSearchSaveRecord"]()
-    ui = node.save(json.dumps({"best_reward": 1.5, "stats": {"nfe": 10}}), "runs/rec")
+    record = {"best_reward": 1.5, "complete": True, "judge": None, "warnings": [],
+              "stats": {"nfe": 10, "planned_nfe": 12, "nfe_budget": 12, "reward_calls": 4, "stopped": None}}
+    ui = node.save(json.dumps(record), "runs/rec")
     (entry,) = ui["ui"]["evosearch_records"]
     path = fake_comfy.out_dir / entry["subfolder"] / entry["filename"]
     assert entry["subfolder"] == "runs" and json.loads(path.read_text())["stats"]["nfe"] == 10
+    (text,) = ui["ui"]["text"]
+    assert text.splitlines() == ["best reward 1.5 (complete)", "NFE 10 of 12 planned (budget 12), 4 samples scored",
+                                 "judge: none (connect a held-out reward to the sampler's judge input)"]
+    judged = dict(record, complete=False, stats=dict(record["stats"], stopped="interrupted"),
+                  judge={"best": {"correct": True, "valid": True}, "plain": {"n": 8, "correct": 0.25},
+                         "population": {"n": 4, "correct": 1.0}},
+                  warnings=["reward hacking suspected: x"])
+    text = node.save(json.dumps(judged), "runs/rec")["ui"]["text"][0]
+    assert "best reward 1.5 (stopped early: interrupted)" in text
+    assert "judge: best sample correct; plain samples 25% correct (of 8)" in text
+    assert "warning: reward hacking suspected: x" in text
     ui2 = node.save("{}", "runs/rec")
     assert ui2["ui"]["evosearch_records"][0]["filename"] != entry["filename"]
-    with pytest.raises(ValueError, match="record_json"):
-        node.save("not json", "runs/rec")
+    for bad in ("not json", "[1, 2]"):
+        with pytest.raises(ValueError, match="record_json"):
+            node.save(bad, "runs/rec")
 
 
 # ---------------------------------------------------------------------------- reward loader nodes
@@ -812,6 +1141,94 @@ def test_digit_reward_node():
     assert scores.shape == (2,) and ((scores >= 0) & (scores <= 1)).all()
     (reward,) = pack.NODE_CLASS_MAPPINGS["EvoSearchDigitReward"]().load(-1, "logprob")
     assert (reward(torch.rand(2, 3, 16, 16), "digit 7") <= 0).all()
+
+
+def test_registry_reward_node():
+    """EvoSearch Reward offers the registry's image rewards by name (the CLI's and the app's names)."""
+    from evosearch.bundled.paths import asset_path
+    from evosearch.core.validation import ParameterError
+    from evosearch.registry import REWARDS
+
+    pack = load_pack()
+    node = pack.NODE_CLASS_MAPPINGS["EvoSearchReward"]
+    choices, opts = node.INPUT_TYPES()["required"]["reward"]
+    assert choices == [n for n, e in REWARDS.items() if not e.video] and "moving-digits" not in choices
+    assert {"clip", "aesthetic", "imagereward", "pickscore", "hpsv2", "digits"} <= set(choices)
+    assert all(REWARDS[n].summary in opts["tooltip"] for n in choices)
+    with pytest.raises(ParameterError, match="reward: must be one of"):
+        node().load("moving-digits")
+    from evosearch.registry import load_reward
+
+    for name in ("imagereward", "pickscore", "hpsv2"):  # the pack's hub-weight rewards are the registry's too
+        assert REWARDS[name].needs_weights and not REWARDS[name].video
+    missing = str(Path(__file__).parent / "no-such-checkpoint.pt")
+    with pytest.raises(FileNotFoundError, match="checkpoint: ImageReward checkpoint file not found"):
+        load_reward("imagereward", checkpoint=missing)
+    with pytest.raises(FileNotFoundError, match="checkpoint: HPS checkpoint file not found"):
+        load_reward("hpsv2", checkpoint=missing)
+    if (asset_path("digits", "classifier") / "config.json").is_file():
+        (reward,) = node().load("digits", "", "cpu")
+        assert reward(torch.rand(2, 3, 16, 16), "digit 7").shape == (2,)
+
+
+OFFLINE_SCRIPT = r"""
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("pack", sys.argv[1] + "/__init__.py", submodule_search_locations=[sys.argv[1]])
+pack = importlib.util.module_from_spec(spec); sys.modules["pack"] = pack; spec.loader.exec_module(pack)
+m = pack.NODE_CLASS_MAPPINGS
+calls = {
+    "imagereward": lambda: m["EvoSearchImageRewardReward"]().load("", "cpu"),
+    "aesthetic": lambda: m["EvoSearchAestheticReward"]().load("ViT-L-14", "openai", "", "cpu"),
+    "hps": lambda: m["EvoSearchHPSReward"]().load("", "ViT-H-14", "v2.0", "cpu"),
+    "clip": lambda: m["EvoSearchCLIPScoreReward"]().load("ViT-B-32", "openai", "cpu", 8),
+    "pickscore": lambda: m["EvoSearchPickScoreReward"]().load("yuvalkirstain/PickScore_v1", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "cpu"),
+    "registry-imagereward": lambda: m["EvoSearchReward"]().load("imagereward", "", "cpu"),
+    "registry-clip": lambda: m["EvoSearchReward"]().load("clip", "", "cpu"),
+}
+out = {}
+for name, call in calls.items():
+    try:
+        call()
+        out[name] = ["loaded", ""]
+    except Exception as e:
+        out[name] = [type(e).__name__, str(e)]
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_reward_loaders_offline_name_the_missing_file(tmp_path):
+    """Offline with an empty Hugging Face cache, each hub-weight loader fails with one error that names
+    its input and the file, not the hub client's LocalEntryNotFoundError."""
+    pytest.importorskip("open_clip")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), PYTHONPATH=str(REPO),
+               TRANSFORMERS_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-c", OFFLINE_SCRIPT, str(PACK_DIR)], env=env, capture_output=True,
+                          text=True, timeout=600)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert line, proc.stdout[-2000:] + proc.stderr[-4000:]
+    out = json.loads(line[0][len("RESULT "):])
+    expected = {"imagereward": ("checkpoint", "ImageReward.pt from the Hugging Face hub repo THUDM/ImageReward"),
+                "aesthetic": ("mlp_path", "aesthetic-model.pth from the Hugging Face hub repo "
+                                          "trl-lib/ddpo-aesthetic-predictor"),
+                "hps": ("checkpoint", "HPS_v2_compressed.pt from the Hugging Face hub repo xswu/HPSv2"),
+                "clip": ("pretrained", "the open_clip weights 'openai' of 'ViT-B-32'"),
+                "pickscore": ("processor", "the hub models 'yuvalkirstain/PickScore_v1' (model)"),
+                "registry-imagereward": ("checkpoint", "ImageReward.pt from the Hugging Face hub repo"),
+                "registry-clip": ("checkpoint", "the weights of the reward 'clip'")}
+    for name, (option, what) in expected.items():
+        kind, message = out[name]
+        assert kind == "WeightsUnavailable", (name, kind, message)
+        assert message.startswith(f"{option}: needs {what}"), (name, message)
+        assert "HF_HUB_OFFLINE is set" in message and f"give its path in '{option}'" in message, (name, message)
+        assert "LocalEntryNotFoundError" not in message and "\n" not in message, (name, message)
+
+
+def test_hub_errors_pass_other_errors_unchanged():
+    hub = pack_module("hub")
+    with pytest.raises(KeyError):
+        with hub.hub_errors("checkpoint", "x"):
+            raise KeyError("not a hub failure")
+    assert not hub.is_hub_unreachable(ValueError("checkpoint: bad file"))
 
 
 # ---------------------------------------------------------------------------- end to end with ComfyUI
@@ -961,191 +1378,483 @@ def free_port() -> int:
 
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+needs_comfyui = pytest.mark.skipif(not COMFYUI_DIR, reason="COMFYUI_DIR does not point at a ComfyUI checkout")
+CKPT = "tiny-sd15.safetensors"
+REPORT: dict = {}  # what the end-to-end tests measured (EVOSEARCH_E2E_REPORT=<path> keeps it, with the server log)
 
 
-@pytest.mark.skipif(not COMFYUI_DIR, reason="COMFYUI_DIR does not point at a ComfyUI checkout")
-def test_end_to_end_in_a_real_comfyui_server(tmp_path):
-    requests = pytest.importorskip("requests")
-    comfy_dir = Path(COMFYUI_DIR).resolve()
-    assert (comfy_dir / "main.py").is_file(), f"COMFYUI_DIR={COMFYUI_DIR} has no main.py"
-    from safetensors.torch import save_file
+class ComfyServer:
+    """A ComfyUI server on 127.0.0.1 with the node pack linked into a temporary base directory,
+    offline (HF_HUB_OFFLINE=1) with an empty Hugging Face cache."""
 
-    # a base directory of our own: models, custom_nodes, input, output, temp, user (the checkout stays clean)
-    base = tmp_path / "comfy-base"
-    (base / "models" / "checkpoints").mkdir(parents=True)
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / "evosearch").symlink_to(PACK_DIR, target_is_directory=True)
-    ckpt = base / "models" / "checkpoints" / "tiny-sd15.safetensors"
-    save_file(tiny_sd15_state_dict(), str(ckpt))
-    port = free_port()
-    log = tmp_path / "server.log"
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
-               HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, str(comfy_dir / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-           "--base-directory", str(base), "--database-url", f"sqlite:///{tmp_path / 'comfyui.db'}",
-           "--disable-auto-launch",
-           "--disable-api-nodes"]
-    with open(log, "wb") as log_file:
-        server = subprocess.Popen(cmd, cwd=str(tmp_path), stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                                  start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
+    def __init__(self, tmp: Path):
+        self.requests = pytest.importorskip("requests")
+        comfy_dir = Path(COMFYUI_DIR).resolve()
+        assert (comfy_dir / "main.py").is_file(), f"COMFYUI_DIR={COMFYUI_DIR} has no main.py"
+        from safetensors.torch import save_file
+
+        self.base = tmp / "comfy-base"
+        (self.base / "models" / "checkpoints").mkdir(parents=True)
+        (self.base / "custom_nodes").mkdir()
+        (self.base / "custom_nodes" / "evosearch").symlink_to(PACK_DIR, target_is_directory=True)
+        save_file(tiny_sd15_state_dict(), str(self.base / "models" / "checkpoints" / CKPT))
+        self.out_dir = self.base / "output"
+        port = free_port()
+        self.log = tmp / "server.log"
+        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+                   HF_HUB_OFFLINE="1", HF_HOME=str(tmp / "hf-home"))
+        cmd = [sys.executable, str(comfy_dir / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+               "--base-directory", str(self.base), "--database-url", f"sqlite:///{tmp / 'comfyui.db'}",
+               "--disable-auto-launch", "--disable-api-nodes"]
+        with open(self.log, "wb") as log_file:
+            self.proc = subprocess.Popen(cmd, cwd=str(tmp), stdout=log_file, stderr=subprocess.STDOUT, env=env,
+                                         start_new_session=True)
+        self.url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 300
-        info = None
         while time.monotonic() < deadline:
-            assert server.poll() is None, f"ComfyUI exited:\n{log.read_text()[-4000:]}"
+            self.check_alive()
             try:
-                r = requests.get(f"{url}/object_info/EvoSearchSampler", timeout=5)
+                r = self.requests.get(f"{self.url}/object_info", timeout=10)
                 if r.status_code == 200:
-                    info = r.json()
+                    self.object_info = r.json()
                     break
-            except requests.ConnectionError:
+            except self.requests.ConnectionError:
                 pass
             time.sleep(1)
-        assert info, f"ComfyUI did not start in time:\n{log.read_text()[-4000:]}"
-        assert "EvoSearchSampler" in info, f"the node pack did not load:\n{log.read_text()[-4000:]}"
-        assert info["EvoSearchSampler"]["output"] == ["LATENT", "IMAGE", "IMAGE", "STRING"]
+        else:
+            raise AssertionError(f"ComfyUI did not start in time:\n{self.tail()}")
+        assert "EvoSearchSampler" in self.object_info, f"the node pack did not load:\n{self.tail()}"
 
-        budget, steps = 96, 6  # EvoSearch at this budget: populations [7, 4, 4, 4, 4], evolution at steps 0, 2, 4, 5
-        workflow = {
-            "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt.name}},
-            "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a bright white square", "clip": ["1", 1]}},
-            "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "dark", "clip": ["1", 1]}},
-            "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 1}},
-            "5": {"class_type": "EvoSearchImageStatReward", "inputs": {"statistic": "brightness",
-                                                                     "direction": "maximize"}},
-            "6": {"class_type": "EvoSearchImageStatReward", "inputs": {"statistic": "contrast",
-                                                                     "direction": "maximize"}},
-            "7": {"class_type": "EvoSearchEnsembleReward", "inputs": {"reward_1": ["5", 0], "weight_1": 1.0,
-                                                                    "reward_2": ["6", 0], "weight_2": 0.5,
-                                                                    "normalize": "none"}},
-            "8": {"class_type": "EvoSearchSampler", "inputs": {
-                "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0],
-                "vae": ["1", 2], "reward": ["7", 0], "reward_prompt": "a bright white square", "method": "evosearch",
-                "nfe_budget": budget, "seed": 7, "steps": steps, "cfg": 4.0, "scheduler": "karras", "eta": 1.0,
-                "max_batch_size": 8}},
-            "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 1], "filename_prefix": "evosearch_e2e/best"}},
-            "10": {"class_type": "SaveImage", "inputs": {"images": ["8", 2], "filename_prefix": "evosearch_e2e/grid"}},
-            "11": {"class_type": "EvoSearchSaveRecord", "inputs": {"record_json": ["8", 3],
-                                                                 "filename_prefix": "evosearch_e2e/record"}},
-            "12": {"class_type": "VAEDecode", "inputs": {"samples": ["8", 0], "vae": ["1", 2]}},
-            "13": {"class_type": "SaveImage", "inputs": {"images": ["12", 0],
-                                                        "filename_prefix": "evosearch_e2e/latent"}},
-        }
-        def submit(wf):
-            r = requests.post(f"{url}/prompt", json={"prompt": wf, "client_id": "evosearch-e2e"}, timeout=30)
-            assert r.status_code == 200, r.text
-            return r.json()["prompt_id"]
+    def tail(self, n=4000) -> str:
+        return self.log.read_text(errors="replace")[-n:]
 
-        def wait(prompt_id, during=None):
-            deadline = time.monotonic() + 600
-            while time.monotonic() < deadline:
-                assert server.poll() is None, f"ComfyUI exited:\n{log.read_text()[-4000:]}"
-                if during is not None:
-                    during()
-                h = requests.get(f"{url}/history/{prompt_id}", timeout=10).json()
-                status = h.get(prompt_id, {}).get("status", {})
-                if status.get("completed") or status.get("status_str") == "error":
-                    return h[prompt_id]
-                time.sleep(0.5)
-            raise AssertionError(f"no result for prompt {prompt_id}:\n{log.read_text()[-4000:]}")
+    def check_alive(self):
+        assert self.proc.poll() is None, f"ComfyUI exited:\n{self.tail()}"
 
-        prompt_id = submit(workflow)
-        entry = wait(prompt_id)
-        assert entry["status"]["status_str"] == "success", (json.dumps(entry["status"], indent=1),
-                                                            log.read_text()[-4000:])
-        out_dir = base / "output"
-        from PIL import Image
+    def submit(self, workflow, client_id="evosearch-e2e") -> str:
+        r = self.requests.post(f"{self.url}/prompt", json={"prompt": workflow, "client_id": client_id}, timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()["prompt_id"]
 
-        def saved(node, key="images", outputs=entry["outputs"]):
-            (item,) = outputs[node][key]
-            return out_dir / item["subfolder"] / item["filename"]
+    def wait(self, prompt_id, during=None, timeout=600) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            if during is not None:
+                during()
+            h = self.requests.get(f"{self.url}/history/{prompt_id}", timeout=10).json()
+            status = h.get(prompt_id, {}).get("status", {})
+            if status.get("completed") or status.get("status_str") == "error":
+                return h[prompt_id]
+            time.sleep(0.05)
+        raise AssertionError(f"no result for prompt {prompt_id}:\n{self.tail()}")
 
-        best_png, grid_png, latent_png, record_path = saved("9"), saved("10"), saved("13"), saved("11",
-                                                                                                 "evosearch_records")
-        best = np.asarray(Image.open(best_png).convert("RGB"), dtype=np.int16)
-        assert best.shape == (32, 32, 3)
-        decoded = np.asarray(Image.open(latent_png).convert("RGB"), dtype=np.int16)
-        assert np.abs(decoded - best).max() <= 2  # the LATENT output decodes to the best image
-        grid = Image.open(grid_png)
-        record = json.loads(record_path.read_text())
-        assert record["complete"] is True and math.isfinite(record["best_reward"])
-        assert record["best_reward"] == max(record["rewards"])
-        assert 0 < record["stats"]["nfe"] <= budget and record["stats"]["nfe_budget"] == budget
-        assert record["stats"]["reward_calls"] == record["stats"]["decode_calls"] >= 4
-        assert record["comfyui"]["sampling"] == "ve" and record["comfyui"]["scheduler"] == "karras"
-        assert record["comfyui"]["model"] == "BaseModel/SD15"  # ComfyUI detected the checkpoint as SD1.5
-        assert record["settings"]["method"]["method"] == "evosearch"
-        assert record["settings"]["request"]["guidance_scale"] == 4.0
-        report = {"prompt_id": prompt_id, "best_png": str(best_png), "grid_png": str(grid_png),
-                  "grid_size": grid.size, "latent_png": str(latent_png), "record": str(record_path),
-                  "best_reward": record["best_reward"], "nfe": record["stats"]["nfe"],
-                  "reward_calls": record["stats"]["reward_calls"], "model": record["comfyui"]["model"],
-                  "seconds": record["stats"]["seconds"]}
+    def run(self, workflow, ok=True, **kw) -> dict:
+        entry = self.wait(self.submit(workflow), **kw)
+        if ok:
+            assert entry["status"]["status_str"] == "success", (json.dumps(entry["status"], indent=1), self.tail())
+        return entry
 
-        # With eta = 0 the Stepper's step is ComfyUI's own Euler step (and its start ComfyUI's max-denoise
-        # noise): a candidate re-sampled by the stock KSampler (euler, same scheduler, cfg, and the
-        # candidate's initial seed as the noise seed) gives the same image.
-        parity = json.loads(json.dumps(workflow))
-        parity["8"]["inputs"].update(method="best-of-n", nfe_budget=2 * steps, seed=21, eta=0.0)
-        for node in ("9", "10", "11", "13"):
-            parity[node]["inputs"]["filename_prefix"] += "_eta0"
-        entry3 = wait(submit(parity))
-        assert entry3["status"]["status_str"] == "success", log.read_text()[-4000:]
-        record3 = json.loads(saved("11", "evosearch_records", entry3["outputs"]).read_text())
-        init_seed = record3["lineage"]["events"][0]["seed"]
-        assert [e["kind"] for e in record3["lineage"]["events"]] == ["init"]
-        ksampler = {k: workflow[k] for k in ("1", "2", "3", "4")}
-        ksampler["20"] = {"class_type": "KSampler", "inputs": {
-            "model": ["1", 0], "seed": init_seed, "steps": steps, "cfg": 4.0, "sampler_name": "euler",
-            "scheduler": "karras", "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0],
-            "denoise": 1.0}}
-        ksampler["21"] = {"class_type": "VAEDecode", "inputs": {"samples": ["20", 0], "vae": ["1", 2]}}
-        ksampler["22"] = {"class_type": "SaveImage", "inputs": {"images": ["21", 0],
-                                                               "filename_prefix": "evosearch_e2e/ksampler"}}
-        entry4 = wait(submit(ksampler))
-        assert entry4["status"]["status_str"] == "success", log.read_text()[-4000:]
-        ours = np.asarray(Image.open(saved("9", outputs=entry3["outputs"])).convert("RGB"), dtype=np.int16)
-        stock = np.asarray(Image.open(saved("22", outputs=entry4["outputs"])).convert("RGB"), dtype=np.int16)
-        assert np.abs(ours - stock).max() <= 2, np.abs(ours - stock).max()
-        report["ksampler_parity"] = {"init_seed": init_seed, "max_abs_pixel_diff": int(np.abs(ours - stock).max())}
+    def saved(self, entry, node, key="images") -> list[Path]:
+        return [self.out_dir / item["subfolder"] / item["filename"] for item in entry["outputs"][node][key]]
 
-        # Cancel (POST /interrupt) during a long search: the best so far is saved, marked incomplete
-        big = 3000
-        workflow["8"]["inputs"].update(method="best-of-n", nfe_budget=big, seed=8)
-        for node in ("9", "10", "11", "13"):
-            workflow[node]["inputs"]["filename_prefix"] = workflow[node]["inputs"]["filename_prefix"] + "_cancel"
-        log_start = len(log.read_bytes())
-        prompt_id2 = submit(workflow)
-        sent = []
+    def record(self, entry, node) -> dict:
+        (path,) = self.saved(entry, node, "evosearch_records")
+        return json.loads(path.read_text())
 
-        def interrupt_after_first_wave():
-            if not sent and b"[evosearch] generation 0" in log.read_bytes()[log_start:]:
-                sent.append(requests.post(f"{url}/interrupt", json={}, timeout=10).status_code)
-
-        entry2 = wait(prompt_id2, during=interrupt_after_first_wave)
-        assert sent == [200], log.read_text()[-4000:]
-        assert entry2["status"]["status_str"] == "success", (json.dumps(entry2["status"], indent=1),
-                                                             log.read_text()[-4000:])
-        record2 = json.loads(saved("11", "evosearch_records", entry2["outputs"]).read_text())
-        assert record2["complete"] is False and 0 < record2["stats"]["nfe"] < big
-        assert record2["stats"]["reward_calls"] >= 8 and record2["best_reward"] == max(record2["rewards"])
-        best2 = np.asarray(Image.open(saved("9", outputs=entry2["outputs"])).convert("RGB"), dtype=np.int16)
-        decoded2 = np.asarray(Image.open(saved("13", outputs=entry2["outputs"])).convert("RGB"), dtype=np.int16)
-        assert np.abs(decoded2 - best2).max() <= 2
-        report["interrupted"] = {"prompt_id": prompt_id2, "nfe": record2["stats"]["nfe"], "nfe_budget": big,
-                                 "reward_calls": record2["stats"]["reward_calls"],
-                                 "best_reward": record2["best_reward"], "complete": record2["complete"]}
-        print("EVOSEARCH_E2E " + json.dumps(report))
-        report_path = os.environ.get("EVOSEARCH_E2E_REPORT")
-        if report_path:  # keep the server log and the result for a human to look at
-            Path(report_path).write_text(json.dumps(report, indent=2) + "\n")
-            Path(report_path).with_suffix(".log").write_text(log.read_text())
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
+    def close(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
             try:
-                server.wait(timeout=30)
+                self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def comfy_server(tmp_path_factory):
+    server = ComfyServer(tmp_path_factory.mktemp("comfyui"))
+    try:
+        yield server
+    finally:
+        server.close()
+        path = os.environ.get("EVOSEARCH_E2E_REPORT")
+        if path and REPORT:  # keep what was measured and the server log for a human to look at
+            Path(path).write_text(json.dumps(REPORT, indent=2) + "\n")
+            Path(path).with_suffix(".log").write_text(server.log.read_text(errors="replace"))
+
+
+def error_message(entry) -> str:
+    assert entry["status"]["status_str"] == "error", json.dumps(entry["status"], indent=1)
+    (err,) = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    return err["exception_message"]
+
+
+def png(path) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+def base_workflow(size=32, batch=1, prompt="a bright white square", **sampler):
+    """Checkpoint, prompts, latent, a brightness reward, the sampler (node 8), saves (9: best, 10: grid,
+    11: record, 13: the best LATENT decoded)."""
+    inputs = {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0],
+              "vae": ["1", 2], "reward": ["5", 0], "reward_prompt": prompt, "method": "best-of-n",
+              "nfe_budget": 12, "seed": 7, "steps": 6, "cfg": 4.0, "scheduler": "karras", "eta": 1.0,
+              "max_batch_size": 8}
+    inputs.update(sampler)
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": prompt, "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "dark", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": batch}},
+        "5": {"class_type": "EvoSearchImageStatReward", "inputs": {"statistic": "brightness",
+                                                                 "direction": "maximize"}},
+        "8": {"class_type": "EvoSearchSampler", "inputs": inputs},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 1], "filename_prefix": "e2e/best"}},
+        "10": {"class_type": "SaveImage", "inputs": {"images": ["8", 2], "filename_prefix": "e2e/grid"}},
+        "11": {"class_type": "EvoSearchSaveRecord", "inputs": {"record_json": ["8", 3],
+                                                             "filename_prefix": "e2e/record"}},
+        "12": {"class_type": "VAEDecode", "inputs": {"samples": ["8", 0], "vae": ["1", 2]}},
+        "13": {"class_type": "SaveImage", "inputs": {"images": ["12", 0], "filename_prefix": "e2e/latent"}},
+    }
+
+
+@needs_comfyui
+def test_end_to_end_search_record_and_its_summary(comfy_server):
+    s = comfy_server
+    info = s.object_info["EvoSearchSampler"]
+    assert info["output"] == ["LATENT", "IMAGE", "IMAGE", "STRING"]
+    assert info["input"]["required"]["method"][0] == ["evosearch", "best-of-n", "zero-order", "paths", "particles"]
+    for name in (n for n in s.object_info if n.startswith("EvoSearch")):
+        for section in ("required", "optional"):
+            for key, spec in s.object_info[name]["input"].get(section, {}).items():
+                assert spec[1].get("tooltip"), (name, key)  # tooltips reach the UI
+    budget, steps = 96, 6  # EvoSearch at this budget: populations [7, 4, 4, 4, 4], evolution at steps 0, 2, 4, 5
+    wf = base_workflow(method="evosearch", nfe_budget=budget, steps=steps)
+    wf["6"] = {"class_type": "EvoSearchImageStatReward", "inputs": {"statistic": "contrast", "direction": "maximize"}}
+    wf["7"] = {"class_type": "EvoSearchEnsembleReward", "inputs": {"reward_1": ["5", 0], "weight_1": 1.0,
+                                                                 "reward_2": ["6", 0], "weight_2": 0.5,
+                                                                 "normalize": "none"}}
+    wf["14"] = {"class_type": "EvoSearchImageStatReward", "inputs": {"statistic": "saturation",
+                                                                   "direction": "maximize"}}
+    wf["8"]["inputs"].update(reward=["7", 0], judge=["14", 0])
+    entry = s.run(wf)
+    (best_png,), (grid_png,), (latent_png,) = s.saved(entry, "9"), s.saved(entry, "10"), s.saved(entry, "13")
+    best = png(best_png)
+    assert best.shape == (32, 32, 3) and np.abs(png(latent_png) - best).max() <= 2  # the LATENT is the best
+    record = s.record(entry, "11")
+    assert record["complete"] is True and math.isfinite(record["best_reward"])
+    assert record["best_reward"] == max(record["rewards"])
+    assert 0 < record["stats"]["nfe"] == record["stats"]["planned_nfe"] <= budget == record["stats"]["nfe_budget"]
+    assert record["stats"]["reward_calls"] == record["stats"]["decode_calls"] >= 4
+    assert record["comfyui"]["sampling"] == "ve" and record["comfyui"]["scheduler"] == "karras"
+    assert record["comfyui"]["model"] == "BaseModel/SD15"  # ComfyUI detected the checkpoint as SD1.5
+    assert record["settings"]["method"]["method"] == "evosearch"
+    assert record["settings"]["request"]["guidance_scale"] == 4.0
+    assert set(record["judge"]) == {"best", "plain", "population"}
+    # what the Save Record node shows in the UI
+    (text,) = entry["outputs"]["11"]["text"]
+    assert text.splitlines()[:3] == [
+        f"best reward {record['best_reward']:.4g} (complete)",
+        f"NFE {record['stats']['nfe']} of {record['stats']['planned_nfe']} planned (budget {budget}), "
+        f"{record['stats']['reward_calls']} samples scored",
+        f"judge: best sample scores {record['judge']['best']['score']:.4g}; plain samples "
+        f"{record['judge']['plain']['score']:.4g} on average (of {record['judge']['plain']['n']})"]
+    # the web extension that displays it is served
+    js = s.requests.get(f"{s.url}/extensions/evosearch/evosearch.js", timeout=10)
+    assert js.status_code == 200 and "EvoSearchSaveRecord" in js.text
+    REPORT["search"] = {"best_reward": record["best_reward"], "nfe": record["stats"]["nfe"], "ui_text": text,
+                        "grid_png": str(grid_png)}
+
+
+@needs_comfyui
+@pytest.mark.parametrize("denoise", [1.0, 0.5])
+def test_end_to_end_eta0_equals_the_stock_ksampler(comfy_server, denoise):
+    """With eta = 0 the search's step is ComfyUI's own Euler step, and its start KSampler's: a candidate
+    re-sampled by the stock KSampler (euler, same scheduler, cfg, denoise, and the candidate's initial
+    seed as the noise seed) gives the same image. denoise < 1 starts from a non-empty latent (here the
+    output of a first KSampler pass) noised to the matching level."""
+    s, steps = comfy_server, 6
+    wf = base_workflow(method="best-of-n", nfe_budget=2 * steps, steps=steps, seed=21, eta=0.0, denoise=denoise)
+    if denoise < 1:  # a non-empty input latent, the same in both runs
+        wf["15"] = {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "seed": 3, "steps": steps, "cfg": 4.0, "sampler_name": "euler", "scheduler": "karras",
+            "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "denoise": 1.0}}
+        wf["8"]["inputs"]["latent_image"] = ["15", 0]
+    entry = s.run(wf)
+    record = s.record(entry, "11")
+    init_seed = record["lineage"]["events"][0]["seed"]
+    assert [e["kind"] for e in record["lineage"]["events"]] == ["init"] and record["comfyui"]["denoise"] == denoise
+    if denoise < 1:
+        assert len(record["comfyui"]["sigmas"]) == steps + 1 and record["comfyui"]["max_denoise"] is False
+    stock = {k: v for k, v in wf.items() if k in ("1", "2", "3", "4", "15")}
+    stock["20"] = {"class_type": "KSampler", "inputs": {
+        "model": ["1", 0], "seed": init_seed, "steps": steps, "cfg": 4.0, "sampler_name": "euler",
+        "scheduler": "karras", "positive": ["2", 0], "negative": ["3", 0],
+        "latent_image": wf["8"]["inputs"]["latent_image"], "denoise": denoise}}
+    stock["21"] = {"class_type": "VAEDecode", "inputs": {"samples": ["20", 0], "vae": ["1", 2]}}
+    stock["22"] = {"class_type": "SaveImage", "inputs": {"images": ["21", 0], "filename_prefix": "e2e/ksampler"}}
+    stock_entry = s.run(stock)
+    (ours,), (theirs,) = s.saved(entry, "9"), s.saved(stock_entry, "22")
+    diff = int(np.abs(png(ours) - png(theirs)).max())
+    assert diff <= 2, diff
+    REPORT.setdefault("ksampler_parity", {})[str(denoise)] = {"init_seed": init_seed, "max_abs_pixel_diff": diff}
+
+
+@needs_comfyui
+def test_end_to_end_batch_of_latents(comfy_server):
+    s = comfy_server
+    entry = s.run(base_workflow(batch=3, seed=40))
+    bests = s.saved(entry, "9")
+    record = s.record(entry, "11")
+    assert len(bests) == 3 and len(s.saved(entry, "10")) == 3 and len(s.saved(entry, "13")) == 3
+    assert record["batch_size"] == 3 and len(record["items"]) == 3 and record["comfyui"]["seeds"] == [40, 41, 42]
+    assert record["complete"] is True and all(item["stats"]["nfe"] == 12 for item in record["items"])
+    assert entry["outputs"]["11"]["text"][0].splitlines()[0].startswith("latent 0: best reward")
+    single = s.run(base_workflow(batch=1, seed=41))
+    assert np.array_equal(png(s.saved(single, "9")[0]), png(bests[1]))  # latent 1 = a single run with seed + 1
+    assert s.record(single, "11")["lineage"] == record["items"][1]["lineage"]
+
+
+@needs_comfyui
+def test_end_to_end_refusals_before_sampling(comfy_server):
+    s = comfy_server
+    # a video latent
+    wf = base_workflow()
+    wf["4"] = {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 32, "height": 32, "length": 9,
+                                                                   "batch_size": 1}}
+    msg = error_message(s.run(wf, ok=False))
+    assert msg.startswith("latent_image: is a video latent (1, 16, 3, 4, 4)"), msg
+    # a digit reward asked for a non-digit prompt: refused before the model is loaded for sampling
+    wf = base_workflow(prompt="a red square", nfe_budget=100000, method="evosearch", steps=20)
+    wf["5"] = {"class_type": "EvoSearchDigitReward", "inputs": {"target": -1, "kind": "logprob"}}
+    log_start = len(s.log.read_bytes())
+    t = time.monotonic()
+    msg = error_message(s.run(wf, ok=False))
+    seconds = time.monotonic() - t
+    assert msg.startswith("reward_prompt: the reward digit_classifier cannot score the prompt 'a red square'"), msg
+    assert b"[evosearch] generation" not in s.log.read_bytes()[log_start:] and seconds < 20
+    # ImageReward offline, with nothing cached: one error naming the input and the file
+    wf = base_workflow()
+    wf["5"] = {"class_type": "EvoSearchImageRewardReward", "inputs": {"checkpoint": "", "device": "cpu"}}
+    msg = error_message(s.run(wf, ok=False))
+    assert msg.startswith("checkpoint: needs ImageReward.pt from the Hugging Face hub repo THUDM/ImageReward"), msg
+    REPORT["refusals"] = {"digit_prompt_seconds": round(seconds, 2), "imagereward_offline": msg}
+
+
+def api_from_ui(workflow: dict, object_info: dict) -> dict:
+    """The API (prompt) form of an editor workflow, as the editor's 'Queue' builds it: widget values by
+    the node's input order (skipping 'control after generate' values), links from the link table."""
+    links = {lk[0]: lk for lk in workflow["links"]}
+    api = {}
+    for node in workflow["nodes"]:
+        spec = object_info[node["type"]]
+        order = spec.get("input_order") or {s: list(spec["input"].get(s, {})) for s in ("required", "optional")}
+        values, inputs = list(node["widgets_values"]), {}
+        for section in ("required", "optional"):
+            for name in order.get(section, []):
+                entry = spec["input"][section][name]
+                opts = entry[1] if len(entry) > 1 else {}
+                is_widget = (isinstance(entry[0], list) or entry[0] in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")) \
+                    and not opts.get("forceInput")
+                if is_widget:
+                    inputs[name] = values.pop(0)
+                    if opts.get("control_after_generate"):
+                        values.pop(0)
+        for slot in node["inputs"]:
+            if slot.get("link") is not None:
+                _, src, src_slot, _, _, _ = links[slot["link"]]
+                inputs[slot["name"]] = [str(src), src_slot]
+        assert not values, (node["type"], values)
+        api[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return api
+
+
+@needs_comfyui
+def test_end_to_end_example_workflows(comfy_server):
+    """ComfyUI lists the pack's example workflows as templates, serves them, and each one runs (on the
+    tiny checkpoint, at a small size and budget, with a model-free reward: the offline server has no
+    CLIP weights)."""
+    s = comfy_server
+    workflows = pack_module("workflows")
+    methods = pack_module("inputs").method_choices()
+    listed = s.requests.get(f"{s.url}/workflow_templates", timeout=10).json()
+    assert sorted(listed["evosearch"]) == sorted(workflows.file_name(m)[:-5] for m in methods)
+    sys.path.insert(0, str(Path(COMFYUI_DIR).resolve()))
+    try:  # ComfyUI's own reader of a pack's pyproject.toml (what its registry uses)
+        from comfy_config import config_parser
+    finally:
+        sys.path.pop(0)
+    config = config_parser.extract_node_configuration(str(PACK_DIR))
+    assert config.tool_comfy.publisher_id and config.tool_comfy.display_name and config.tool_comfy.icon
+    assert config.project.urls.repository and not config.tool_comfy.web
+    seconds = {}
+    for method in methods:
+        r = s.requests.get(f"{s.url}/api/workflow_templates/evosearch/{workflows.file_name(method)}", timeout=10)
+        assert r.status_code == 200
+        api = api_from_ui(r.json(), s.object_info)
+        sampler = api["6"]["inputs"]
+        assert sampler["method"] == method and sampler["model"] == ["1", 0] and sampler["reward"] == ["5", 0]
+        api["1"]["inputs"]["ckpt_name"] = CKPT
+        api["4"]["inputs"].update(width=32, height=32)
+        api["5"] = {"class_type": "EvoSearchImageStatReward", "inputs": {"statistic": "brightness",
+                                                                       "direction": "maximize"}}
+        sampler.update(nfe_budget=64, steps=4)
+        t = time.monotonic()
+        entry = s.run(api)
+        seconds[method] = round(time.monotonic() - t, 2)
+        rec = json.loads(s.saved(entry, "9", "evosearch_records")[0].read_text())
+        assert rec["complete"] and rec["settings"]["method"]["method"] == method and 0 < rec["stats"]["nfe"] <= 64
+        assert len(s.saved(entry, "7")) == 1 and entry["outputs"]["9"]["text"][0].startswith("best reward")
+    REPORT["example_workflows_seconds"] = seconds
+
+
+def listen(url: str, client_id: str, messages: list, stop):
+    """Collect (time, message) of the websocket's text messages until ``stop`` is set (a thread)."""
+    import asyncio
+
+    import aiohttp
+
+    async def run():
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{url.replace('http', 'ws')}/ws?clientId={client_id}") as ws:
+                while not stop.is_set():
+                    try:
+                        msg = await ws.receive(timeout=0.2)
+                    except asyncio.TimeoutError:
+                        continue
+                    if msg.type == aiohttp.WSMsgType.TEXT:
+                        messages.append((time.monotonic(), json.loads(msg.data)))
+                    elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                        break
+
+    asyncio.run(run())
+
+
+@needs_comfyui
+@pytest.mark.parametrize("batch", [64, 8])
+def test_end_to_end_cancel_in_a_first_generation_of_thousands(comfy_server, batch):
+    """EvoSearch whose first generation has 12001 candidates (48004 NFE): progress messages arrive
+    during generation 0 with the plan's NFE as their maximum, and POST /interrupt ends the prompt
+    within about one micro-batch, keeping the best so far."""
+    import threading
+
+    s, client = comfy_server, f"evosearch-cancel-{batch}"
+    budget, steps = 100000, 4
+    wf = base_workflow(method="evosearch", nfe_budget=budget, steps=steps, max_batch_size=batch, seed=8)
+    planned = pack_module("inputs").search_method("evosearch").plan(budget, steps)
+    gen0 = planned["population_schedule"][0]
+    assert gen0 >= 5000 and planned.nfe <= budget
+    messages, stop = [], threading.Event()
+    listener = threading.Thread(target=listen, args=(s.url, client, messages, stop), daemon=True)
+    listener.start()
+    time.sleep(1.0)  # connected
+    prompt_id = s.submit(wf, client_id=client)
+    sent = {}
+
+    def progress():
+        return [(t, m["data"]) for t, m in list(messages) if m["type"] == "progress"
+                and m["data"].get("prompt_id") == prompt_id and m["data"].get("node") == "8"]
+
+    def interrupt_once_searching():
+        seen = progress()
+        if not sent and len(seen) >= 10 and seen[-1][0] - seen[0][0] >= 3.0:
+            sent["t"] = time.monotonic()
+            sent["status"] = s.requests.post(f"{s.url}/interrupt", json={}, timeout=10).status_code
+            sent["nfe_seen"] = seen[-1][1]["value"]
+
+    entry = s.wait(prompt_id, during=interrupt_once_searching, timeout=900)
+    done = time.monotonic()
+    time.sleep(0.5)
+    stop.set()
+    listener.join(timeout=10)
+    assert sent.get("status") == 200, s.tail()
+    assert entry["status"]["status_str"] == "success", (json.dumps(entry["status"], indent=1), s.tail())
+    finished = [t for t, m in messages if m["type"] == "executing" and m["data"].get("prompt_id") == prompt_id
+                and m["data"].get("node") is None]
+    latency = (finished[0] if finished else done) - sent["t"]
+    record = s.record(entry, "11")
+    assert record["complete"] is False and record["stats"]["stopped"] == "interrupted"
+    assert record["stats"]["planned_nfe"] == planned.nfe and record["stats"]["nfe"] < gen0 * steps
+    # the search stopped after the micro-batch that was running (the last one seen may have been followed by
+    # one more before the interrupt was posted)
+    assert 0 <= record["stats"]["nfe"] - sent["nfe_seen"] <= 3 * batch, (record["stats"]["nfe"], sent["nfe_seen"])
+    before = [d for t, d in progress() if t < sent["t"]]
+    assert len(before) >= 10 and {d["max"] for d in before} == {planned.nfe}
+    assert all(d["value"] < gen0 * steps for d in before)  # all within generation 0
+    values = [d["value"] for d in before]
+    assert values == sorted(values) and values[0] > 0
+    t_first = progress()[0][0]
+    REPORT[f"cancel_max_batch_size_{batch}"] = report = {
+        "first_generation": gen0, "first_generation_nfe": gen0 * steps, "planned_nfe": planned.nfe,
+        "max_batch_size": batch, "progress_messages_before_interrupt": len(before),
+        "seconds_of_progress_before_interrupt": round(sent["t"] - t_first, 2),
+        "nfe_at_last_progress_before_interrupt": sent["nfe_seen"], "nfe_spent": record["stats"]["nfe"],
+        "candidates_scored": record["stats"]["reward_calls"],
+        "interrupt_to_prompt_finished_seconds": round(latency, 3),
+        "seconds_per_micro_batch": round(record["stats"]["seconds"]["denoise"] / max(1, record["stats"]["nfe"] / batch),
+                                         4),
+        "ui_text": entry["outputs"]["11"]["text"][0]}
+    print("EVOSEARCH_E2E_CANCEL " + json.dumps(report))
+    assert latency < 30, report
+
+
+CHROMIUM = "/usr/bin/chromium"
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]
+
+
+@needs_comfyui
+def test_end_to_end_in_the_browser(comfy_server, tmp_path):
+    """ComfyUI's own frontend (headless chromium) opens every example workflow with all its nodes and
+    widgets, runs one, and the Save Record node shows the summary (best reward, NFE, judge)."""
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing (apt-get install -y chromium): the UI cannot be checked")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright is missing in ComfyUI's Python (pip install playwright): the UI cannot be checked")
+    s = comfy_server
+    workflows, methods = pack_module("workflows"), pack_module("inputs").method_choices()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.goto(s.url, wait_until="domcontentloaded")
+            page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=180_000)
+            for method in methods:
+                wf = s.requests.get(f"{s.url}/api/workflow_templates/evosearch/{workflows.file_name(method)}",
+                                    timeout=10).json()
+                page.evaluate("wf => window.app.loadGraphData(wf)", wf)
+                nodes = page.evaluate("""() => window.app.graph._nodes.map(n => ({
+                    id: n.id, type: n.type, known: !!window.LiteGraph.registered_node_types[n.type],
+                    widgets: Object.fromEntries((n.widgets || []).map(w => [w.name, w.value]))}))""")
+                assert len(nodes) == 9 and all(n["known"] for n in nodes), nodes
+                (sampler,) = [n for n in nodes if n["type"] == "EvoSearchSampler"]
+                assert sampler["widgets"]["method"] == method, sampler
+                assert sampler["widgets"]["nfe_budget"] == workflows.METHOD_SETTINGS[method]["nfe_budget"]
+                (record,) = [n for n in nodes if n["type"] == "EvoSearchSaveRecord"]
+                assert record["widgets"].get("summary") == "", record  # the web extension's display
+            # run the last one on the tiny checkpoint with the bundled digit reward
+            page.evaluate("""ckpt => {
+                const g = window.app.graph;
+                const set = (id, name, v) => { g.getNodeById(id).widgets.find(w => w.name === name).value = v; };
+                set(1, 'ckpt_name', ckpt); set(4, 'width', 32); set(4, 'height', 32); set(5, 'reward', 'digits');
+                set(6, 'reward_prompt', 'digit 3'); set(6, 'nfe_budget', 32); set(6, 'steps', 4);
+            }""", CKPT)
+            page.evaluate("() => window.app.queuePrompt(0)")
+            page.wait_for_function("""() => { const w = window.app.graph.getNodeById(9).widgets
+                .find(w => w.name === 'summary'); return w && w.value; }""", timeout=300_000)
+            text = page.evaluate("""() => window.app.graph.getNodeById(9).widgets
+                .find(w => w.name === 'summary').value""")
+            page.keyboard.press("Escape")  # the template dialog a first visit opens
+            page.screenshot(path=str(tmp_path / "comfyui_workflow.png"))
+        finally:
+            browser.close()
+    lines = text.splitlines()
+    assert lines[0].startswith("best reward ") and lines[0].endswith("(complete)"), text
+    assert lines[1].startswith("NFE 32 of 32 planned (budget 32)") and lines[2].startswith("judge: "), text
+    REPORT["browser"] = {"summary_widget": text, "screenshot": str(tmp_path / "comfyui_workflow.png")}

@@ -140,20 +140,27 @@ class KDiffusionStepper(Stepper):
         self.full_schedule = kdiffusion_schedule(sigmas, parameterization, self.eta)  # validates
         self.sigmas = torch.cat([self.full_schedule.timesteps, torch.zeros(1, dtype=torch.float64)])
         self.latent_shape = shape
-        if init_latent is not None:
-            init = torch.as_tensor(init_latent).detach()
-            if tuple(init.shape) == shape:
-                init = init[None]
-            if tuple(init.shape) != (1, *shape):
-                raise ValueError(f"init_latent: expected shape {(1, *shape)} (or {shape}), got {tuple(init.shape)}")
-            init = init.to(dev, dtype)
-            init_latent = None if not bool(torch.count_nonzero(init)) else init
-        self.init_latent = init_latent
+        self.init_latent: torch.Tensor | None = None
+        self.set_init_latent(init_latent)
         self.max_denoise = (parameterization == "ve") if max_denoise is None else bool(max_denoise)
         if parameterization == "flow":
             self.max_denoise = False  # ComfyUI's CONST noise scaling has no max-denoise variant
         self.guidance_scale = g
         self.last_finished: torch.Tensor | None = None
+
+    def set_init_latent(self, init_latent: torch.Tensor | None) -> None:
+        """The model latent (1, *latent_shape) (or latent_shape) the next initial states are built
+        around (see ``init_latent``); None or an all-zero latent: an empty latent."""
+        if init_latent is not None:
+            init = torch.as_tensor(init_latent).detach()
+            if tuple(init.shape) == self.latent_shape:
+                init = init[None]
+            if tuple(init.shape) != (1, *self.latent_shape):
+                raise ValueError(f"init_latent: expected shape {(1, *self.latent_shape)} (or {self.latent_shape}), "
+                                 f"got {tuple(init.shape)}")
+            init = init.to(self.pipe.device, self.pipe.dtype)
+            init_latent = None if not bool(torch.count_nonzero(init)) else init
+        self.init_latent = init_latent
 
     # -- what the base class asks of a model -------------------------------------
     def _resolve_device(self) -> torch.device:
