@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from .core.lineage import Lineage, replay
-from .core.records import SearchStats
+from .core.records import Plan, SearchEvent, SearchStats
 from .core.stepper import check_capabilities
 from .core.validation import ParameterError, check_choice, check_int, describe
 from .judging import JudgeReport, as_judge, judge_output
@@ -196,19 +196,19 @@ class SearchPipeline:
         method = self.method if method is None else check_method(method)
         check_prompt(self.stepper, prompt)
         early_stop = early_stop or self.early_stop
+        if early_stop is not None and early_stop.target_judge and self.judge is None:
+            raise ParameterError("early_stop: target_judge=True needs a judge (SearchPipeline(..., judge=...))")
         with self._lock:
-            self.stepper.prepare(prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                                 negative_prompt=negative_prompt, height=height, width=width, **extra)
-            plan = method.plan(nfe_budget, self.stepper.num_steps, getattr(self.stepper, "num_segments", None))
-            check_capabilities(method.name, method.requirements(plan), self.stepper)
-            if early_stop is not None and early_stop.target_judge and self.judge is None:
-                raise ParameterError("early_stop: target_judge=True needs a judge (SearchPipeline(..., judge=...))")
+            plan = self._plan(method, prompt, nfe_budget, num_inference_steps=num_inference_steps,
+                              guidance_scale=guidance_scale, negative_prompt=negative_prompt, height=height,
+                              width=width, **extra)
             run = SearchRun(self.stepper, self.reward, prompt, int(seed), nfe_budget=nfe_budget, callback=callback,
                             stop=stop, progress=progress, planned_nfe=plan.nfe, early_stop=early_stop,
                             judge=self.judge)
             run.plan = plan
             complete, failure = True, None
             try:
+                run.emit(SearchEvent("plan", 0, plan.nfe))
                 method.run(run)
             except (SearchInterrupted, KeyboardInterrupt):
                 complete, run.stats.stopped = False, "interrupted"
@@ -224,6 +224,22 @@ class SearchPipeline:
             failure.partial = out
             raise failure
         return out
+
+    def _plan(self, method: SearchMethod, prompt, nfe_budget, **request) -> Plan:
+        self.stepper.prepare(prompt, **request)
+        plan = method.plan(nfe_budget, self.stepper.num_steps, getattr(self.stepper, "num_segments", None))
+        check_capabilities(method.name, method.requirements(plan), self.stepper)
+        return plan
+
+    def plan(self, prompt, nfe_budget: int | None = None, method=None, **request) -> Plan:
+        """What a search for ``prompt`` would do — its :class:`~evosearch.core.Plan` (NFE, sizes) — checked
+        against the model's capabilities, with no NFE spent (the prompt is encoded). ``request``:
+        ``num_inference_steps``, ``guidance_scale``, ... as for a search."""
+        method = self.method if method is None else check_method(method)
+        check_int("nfe_budget", nfe_budget, lo=1, allow_none=True)
+        check_prompt(self.stepper, prompt)
+        with self._lock:
+            return self._plan(method, prompt, nfe_budget, **request)
 
     def _output(self, run: SearchRun, method, seed, nfe_budget, output_type, complete) -> SearchPipelineOutput:
         ranked = run.ranked()

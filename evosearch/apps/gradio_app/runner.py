@@ -18,7 +18,6 @@ from typing import Iterator
 import numpy as np
 
 from ... import registry
-from ...core.stepper import check_capabilities
 from ...core.validation import ParameterError
 from ...io import atomic_write_json
 from . import views
@@ -150,24 +149,21 @@ class SearchApp:
     # -- the run -------------------------------------------------------------------------
     def prepare(self, s: RunSettings):
         """The SearchPipeline for ``s`` and its plan, every check done before any compute."""
-        from ...pipeline import SearchPipeline, check_prompt
+        from ...pipeline import SearchPipeline
 
         method = s.build_method()
         pipe, reward = self.load_model(s.model), self.load_reward(s)
         try:
             search = SearchPipeline.from_pipe(pipe, reward=reward, method=method, max_batch_size=self.max_batch_size,
                                               eta=s.eta)
-            stepper = search.stepper
-            check_prompt(stepper, s.prompt)
-            stepper.prepare(s.prompt, num_inference_steps=s.steps, guidance_scale=s.guidance_scale)
-            plan = method.plan(s.nfe_budget, stepper.num_steps, getattr(stepper, "num_segments", None))
-            check_capabilities(method.name, method.requirements(plan), stepper)
+            plan = search.plan(s.prompt, nfe_budget=s.nfe_budget, num_inference_steps=s.steps,
+                               guidance_scale=s.guidance_scale)
         except (ValueError, TypeError) as err:  # the model's and the method's own checks
             raise ParameterError(views.one_line(err)) from None
         biggest = registry.largest_population(plan)
         if biggest > self.limits.max_population:
             raise ParameterError(f"population: {s.method} would hold {biggest} candidates at once with "
-                                 f"nfe_budget={s.nfe_budget} and {stepper.num_steps} steps; this server's limit is "
+                                 f"nfe_budget={s.nfe_budget} and {search.stepper.num_steps} steps; this server's limit is "
                                  f"max_population={self.limits.max_population} (lower nfe_budget or set population)")
         return search, plan
 
