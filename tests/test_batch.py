@@ -526,3 +526,19 @@ def test_cli_total_budget(prompts_txt, model_dir, tmp_path, capsys):
     args[args.index(str(TOTAL))] = "10"
     assert main(args) == 2  # 10 // (2 x 10) = 0 NFE per prompt: refused
     assert "--total-nfe-budget: 10 NFE leaves each of the 10 prompts 0 NFE" in capsys.readouterr().err
+
+
+def test_retries_stay_within_the_total():
+    from evosearch.batch.budget import retry_allowance
+
+    items = make_items(["a", "b", "c", "d"])
+    budgets = {it.id: 5 for it in items}  # total 40 over 4 prompts: 5 NFE each in wave 1
+
+    def failed(n_before):
+        return {"status": "failed", "nfe": 5, "nfe_failed_attempts": n_before}
+
+    records = {it.id: failed(0) for it in items[:3]}  # d has no result yet: its 5 NFE are promised
+    assert retry_allowance(items, records, None, 40, budgets, 1) == {it.id for it in items[:3]}
+    assert retry_allowance(items, records, None, 40, budgets, 2) == {items[0].id, items[1].id}  # 12 each
+    records = {it.id: failed(5) for it in items[:3]}  # a second failure each: 30 spent, 5 promised
+    assert retry_allowance(items, records, None, 40, budgets, 1) == {items[0].id}

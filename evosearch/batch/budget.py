@@ -92,7 +92,7 @@ def compute_plan(items: Sequence[BatchItem], records: dict, total: int, caps: di
             share = share if share > 0 and viable(share) else 0
         rows[it.id]["wave2_budget"] = share
     given = sum(r["wave2_budget"] for r in rows.values())
-    assert sum(spent.values()) + given <= total or given == 0, "the plan would exceed the total budget"
+    assert given <= pool, "the plan would exceed the total budget"
     return {"total_nfe_budget": total, "trajectory_nfe": trajectory_nfe, "rule": RULE, "pool": pool,
             "unallocated": pool - given, "prompts": rows}
 
@@ -126,18 +126,18 @@ def merge_waves(first: dict, second: dict) -> dict:
 
 
 def retry_allowance(items, records: dict, plan: dict | None, total: int, budgets: dict, num_processes: int) -> set:
-    """The failed ids this process may retry: all before wave 2 is planned; afterwards only while
-    the budget neither spent nor promised to wave 2 covers their wave 1 (shared evenly by the
-    processes, in prompt order)."""
-    failed = [it for it in items if status(records.get(it.id)) == "failed"]
+    """The failed ids this process may retry, in prompt order, while their wave-1 budgets fit in
+    what is neither spent nor promised: before wave 2 is planned, the wave-1 budgets of prompts
+    without a result yet; after, the wave-2 budgets not yet spent. Shared evenly by the processes."""
     if plan is None:
-        return {it.id for it in failed}
-    promised = sum(row["wave2_budget"] for pid, row in plan["prompts"].items()
-                   if (records.get(pid) or {}).get("wave", 1) < 2)
-    left = (total - sum(spent_nfe(r) for r in records.values()) - promised) // num_processes
+        promised = sum(budgets[it.id] for it in items if status(records.get(it.id)) not in ("ok", "failed"))
+    else:
+        promised = sum(row["wave2_budget"] for pid, row in plan["prompts"].items()
+                       if (records.get(pid) or {}).get("wave", 1) < 2)
+    left = (total - sum(spent_nfe(records.get(it.id)) for it in items) - promised) // num_processes
     allowed = set()
-    for it in failed:
-        if budgets[it.id] <= left:
+    for it in items:
+        if status(records.get(it.id)) == "failed" and budgets[it.id] <= left:
             allowed.add(it.id)
             left -= budgets[it.id]
     return allowed
@@ -171,7 +171,7 @@ def run_total_budget(search, items: Sequence[BatchItem], out_dir, total: int, *,
         refused = [it.id for it in items if status(records.get(it.id)) == "failed" and it.id not in retry]
         if refused and process_index == 0:
             print(f"evosearch batch: --retry-failed: {len(refused)} failed prompt(s) not retried (e.g. {refused[0]}): "
-                  f"the total budget left after wave 2 does not cover their wave 1", file=sys.stderr)
+                  f"the total budget not yet spent or promised does not cover their wave 1", file=sys.stderr)
     first = run_batch(search, [replace(it, nfe_budget=budgets[it.id]) for it in items], out_dir,
                       num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, config=config,
                       save_population=save_population, progress=progress, state=state, process_index=process_index,
