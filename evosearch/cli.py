@@ -1,122 +1,54 @@
-"""Command line: ``evosearch generate`` (and later subcommands)."""
+"""Command line: ``evosearch generate``, ``evosearch batch``, ``evosearch app``.
+
+Methods, models and rewards are the names of :mod:`evosearch.registry`. Everything a user can
+get wrong (flags, the output folder, the device, the model folder, reward checkpoints) is
+checked before any sampling; :func:`main` prints such an error in one line
+(``evosearch: error: ...``) and exits with code 2 -- ``--debug`` shows the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+import traceback
 from pathlib import Path
 
-METHOD_CHOICES = ("evosearch", "best-of-n", "zero-order", "paths", "particles", "tts-var", "tree-of-frames")
-REWARD_CHOICES = ("digits", "clip", "aesthetic", "moving-digits")
+from . import preflight as pf
+from .core.validation import check_int
+from .registry import DEFAULT_MODEL, METHODS, MODELS, POPULATION_PARAMETER, REWARDS
+
+#: parameters named in the library's errors -> the flags that set them
+FLAG_OF = {"prompt": "--prompt", "num_inference_steps": "--steps", "guidance_scale": "--guidance-scale",
+           "nfe_budget": "--nfe-budget", "seed": "--seed", "num_frames": "--num-frames",
+           "num_segments": "--num-segments", "early_stop": "--target-judge", "eta": "--eta"}
+#: characters of an error message printed at most
+MESSAGE_CHARS = 1000
 
 
-def build_method(name: str, population: int | None = None):
-    from .search import BestOfN, EvoSearch, ParticleSearch, PathSearch, ZeroOrderSearch
-
-    if name == "evosearch":
-        return EvoSearch()
-    if name == "best-of-n":
-        return BestOfN(n=population)
-    if name == "zero-order":
-        return ZeroOrderSearch()
-    if name == "paths":
-        return PathSearch() if population is None else PathSearch(n_keep=population, width=4)
-    if name == "particles":
-        return ParticleSearch(n_particles=population)
-    if name == "tts-var":  # next-scale models only (--model var-digits); population = N of the batch schedule
-        from .search import TTSVAR
-
-        return TTSVAR(n=population)
-    if name == "tree-of-frames":  # segment models only (--model moving-digits); population = roots
-        from .search import TreeOfFrames
-
-        return TreeOfFrames() if population is None else TreeOfFrames(roots=population)
-    raise ValueError(f"--method: unknown method {name!r}; allowed: {', '.join(METHOD_CHOICES)}")
+class SearchFailed(RuntimeError):
+    """The search stopped on an error from the reward (or a callback); the best so far was written."""
 
 
-def load_model(model: str | None, device: str):
-    """The bundled digits pipeline (model None or "digits") or a local diffusers folder."""
-    if model in (None, "digits", "bundled"):
-        from .bundled import digits
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, unless its help already says what the default is."""
 
-        return digits.load_pipeline(device=device)
-    if model == "var-digits":  # the bundled next-scale (VAR) digits model
-        from .bundled import var_digits
-
-        return var_digits.load_pipeline(device=device)
-    if model == "moving-digits":  # the bundled segment-wise video model (use with --method tree-of-frames)
-        from .bundled import moving_digits
-
-        return moving_digits.load_pipeline(device=device)
-    path = Path(model)
-    if not path.is_dir() or not (path / "model_index.json").exists():
-        raise SystemExit(f"--model: {model!r} is not a local diffusers folder (a directory with model_index.json); "
-                         "omit --model for the bundled digits model")
-    from diffusers import DiffusionPipeline
-
-    return DiffusionPipeline.from_pretrained(str(path)).to(device)
+    def _get_help_string(self, action):
+        if "default" in (action.help or "").lower():
+            return action.help
+        return super()._get_help_string(action)
 
 
-def default_reward_name(model: str | None) -> str:
-    if model == "moving-digits":
-        return "moving-digits"
-    return "digits" if model in (None, "digits", "bundled", "var-digits") else "clip"
+# ------------------------------------------------------------------------------- generate
+def write_outputs(out, out_dir: Path, label: str, fps: float = 8.0, reward_name: str | None = None,
+                  extra: dict | None = None) -> dict[str, Path]:
+    """best.png, population.png (grid of the final population), plain.png (grid of plain samples
+    from the same seeds), rewards.png (reward vs NFE from NFE 0), record.json (with the judge's
+    verdict and warnings, paths relative to ``out_dir``); for video models also best.mp4 (best.gif
+    without imageio-ffmpeg), whose first frame is best.png; each written atomically."""
+    from .io import atomic_write_json, image_grid, plot_reward_vs_nfe, portable, save_image
 
-
-def default_nfe_budget(args, search) -> int | None:
-    """--nfe-budget, or 32 trajectories' worth when neither it nor --population is given."""
-    if args.nfe_budget is None and args.population is None:
-        return 32 * (args.steps or search.stepper.default_num_inference_steps)
-    return args.nfe_budget
-
-
-def load_reward(name: str, checkpoint: str | None, device: str):
-    """A named reward, or ``module:attr`` naming an importable Reward instance, Reward class
-    (instantiated without arguments) or callable ``fn(images (N,3,H,W) in [0,1], prompts) -> (N,)``."""
-    if ":" in name:
-        import importlib
-
-        from .rewards.base import Reward, as_reward
-
-        mod_name, _, attr = name.partition(":")
-        try:
-            obj = importlib.import_module(mod_name)
-            for part in attr.split("."):
-                obj = getattr(obj, part)
-        except (ImportError, AttributeError) as e:
-            raise SystemExit(f"--reward: cannot import {name!r} ({e})")
-        if isinstance(obj, type) and issubclass(obj, Reward):
-            obj = obj()
-        try:
-            return as_reward(obj)
-        except TypeError as e:
-            raise SystemExit(f"--reward: {name!r}: {e}")
-    if name == "moving-digits":  # the bundled frame classifier, averaged over frames
-        from .bundled import moving_digits
-
-        return moving_digits.load_reward(path=checkpoint)
-    if name == "digits":
-        from .bundled import digits
-
-        return digits.load_reward(path=checkpoint)
-    if name == "clip":
-        from .rewards.clip import CLIPScore
-
-        return CLIPScore(pretrained=checkpoint or "openai", device=device)
-    if name == "aesthetic":
-        from .rewards.clip import Aesthetic
-
-        return Aesthetic(mlp_path=checkpoint, device=device)
-    raise SystemExit(f"--reward: unknown reward {name!r}; allowed: {', '.join(REWARD_CHOICES)}, or module:function")
-
-
-def write_outputs(out, out_dir: Path, label: str, fps: float = 8.0) -> dict[str, Path]:
-    """best.png, population.png (grid of the final population), rewards.png (reward vs NFE),
-    record.json; for video models also best.mp4 (best.gif without imageio-ffmpeg), whose first
-    frame is best.png; each written atomically."""
-    from .io import atomic_write_json, image_grid, plot_reward_vs_nfe, save_image
-
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     if out.best is not None:
@@ -125,83 +57,186 @@ def write_outputs(out, out_dir: Path, label: str, fps: float = 8.0) -> dict[str,
             from .video_io import export_video
 
             paths["video"] = export_video(out.best.video, out_dir / "best.mp4", fps=fps, min_size=256)
-        grid = image_grid(out.images)
-        paths["population"] = save_image(grid, out_dir / "population.png", upscale_to=512)
-        paths["plot"] = plot_reward_vs_nfe({label: out.history}, out_dir / "rewards.png",
+        paths["population"] = save_image(image_grid(out.images), out_dir / "population.png", upscale_to=512)
+        if out.plain:
+            paths["plain"] = save_image(image_grid(out.plain), out_dir / "plain.png", upscale_to=512)
+        paths["plot"] = plot_reward_vs_nfe({label: out.history}, out_dir / "rewards.png", reward_name=reward_name,
                                            title=f"{label}: best reward {out.best.reward:.4g}")
-    paths["record"] = atomic_write_json(out_dir / "record.json", out.to_record())
+    record = {**(extra or {}), **out.to_record(),
+              "files": {k: Path(p).relative_to(out_dir).as_posix() for k, p in paths.items()}}
+    paths["record"] = atomic_write_json(out_dir / "record.json", portable(record, out_dir))
     return paths
 
 
-def cmd_generate(args) -> int:
-    from . import SearchPipeline
+def judge_summary(judge: dict | None) -> str:
+    """The judge's verdict in one line."""
+    if not judge:
+        return "none (this model has no judge, or --judge none)"
+    best, plain, pop = judge.get("best") or {}, judge.get("plain") or {}, judge.get("population") or {}
+    if "correct" in best:
+        verdict = "correct" if best["correct"] else f"incorrect ({best.get('reason') or 'no reason given'})"
+        rate = lambda s: f"{s['correct']:.0%} of {s['n']} correct" if "correct" in s else "-"  # noqa: E731
+        return f"best {verdict}{'' if best.get('valid', True) else ', invalid'} | plain samples {rate(plain)} | " \
+               f"population {rate(pop)}"
+    return f"best {best.get('score', float('nan')):.4g} | plain samples {plain.get('score', float('nan')):.4g} | " \
+           f"population {pop.get('score', float('nan')):.4g}"
 
-    t0 = time.perf_counter()
-    pipe = load_model(args.model, args.device)
-    reward_name = args.reward or default_reward_name(args.model)
-    reward = load_reward(reward_name, args.reward_checkpoint, args.device)
-    method = build_method(args.method, args.population)
-    search = SearchPipeline.from_pipe(pipe, reward=reward, method=method, max_batch_size=args.max_batch_size,
-                                      eta=args.eta)
-    budget = default_nfe_budget(args, search)
-    prompt = args.prompt if args.prompt is not None else (
-        "3" if reward_name in ("digits", "moving-digits") else "a photo of a cat")
-    video_kwargs = {k: v for k, v in (("num_frames", getattr(args, "num_frames", None)),
-                                      ("num_segments", getattr(args, "num_segments", None))) if v is not None}
-    out = search(prompt, seed=args.seed, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
-                 nfe_budget=budget, progress=not args.quiet, **video_kwargs)
-    paths = write_outputs(out, Path(args.out), args.method, fps=getattr(args, "fps", 8.0))
+
+def print_summary(out, label: str, paths: dict, seconds: float) -> None:
     s = out.stats
-    status = "complete" if out.complete else "interrupted (best so far kept)"
-    print(f"{args.method}: best reward {out.best.reward if out.best else float('nan'):.4f} | NFE {s.nfe}"
+    state = "complete" if out.complete else "interrupted (best so far kept)"
+    if s.stopped and out.complete:
+        state = f"stopped early ({s.stopped}; {s.nfe} of {s.nfe_budget or s.planned_nfe} NFE spent)"
+    print(f"{label}: best reward {out.best.reward if out.best else float('nan'):.4f} | NFE {s.nfe}"
           f"{'' if s.nfe_budget is None else f'/{s.nfe_budget}'} | {s.reward_calls} reward calls | "
-          f"{time.perf_counter() - t0:.1f}s | {status}")
+          f"{seconds:.1f}s | {state}")
+    print(f"  judge      {judge_summary(out.judge)}")
+    for w in out.warnings:
+        print(f"  warning    {w}")
     for k, p in paths.items():
         print(f"  {k:10s} {p}")
+
+
+def cmd_generate(args) -> int:
+    t0 = time.perf_counter()
+    model = pf.resolve_model(args.model)
+    pf.check_method_for_model(args.method, model)
+    options = pf.parse_options(args.option)
+    method = pf.make_method(args.method, args.population, options)
+    early_stop = pf.make_early_stop(args.patience, args.tol, args.target_reward, args.target_judge)
+    if args.nfe_budget is not None:
+        check_int("--nfe-budget", args.nfe_budget, lo=1)
+    device = pf.check_device(args.device)
+    out_dir = pf.check_out_dir(args.out)
+    if args.quiet:
+        pf.quiet_loading()
+    reward_name = pf.reward_name(args.reward, model)
+    pf.check_reward_checkpoint(args.reward_checkpoint)
+    search = pf.build_search(model, method, reward_name, args.reward_checkpoint, device=device,
+                             max_batch_size=args.max_batch_size, eta=args.eta, judge=args.judge,
+                             early_stop=early_stop, target_judge=args.target_judge)
+    budget = pf.default_nfe_budget(args.nfe_budget, args.population, args.steps, search.stepper)
+    prompt = args.prompt if args.prompt is not None else pf.default_prompt(model)
+    video = {k: v for k, v in (("num_frames", args.num_frames), ("num_segments", args.num_segments)) if v is not None}
+    extra = {"model": model if model in MODELS else pf.user_path(model, out_dir), "reward": reward_name,
+             "reward_checkpoint": pf.user_path(args.reward_checkpoint, out_dir), "method": args.method,
+             "options": options, "judge_choice": args.judge}
+
+    def write(out):
+        try:
+            return write_outputs(out, out_dir, args.method, fps=args.fps, reward_name=reward_name, extra=extra)
+        except OSError as err:  # disk full, the folder removed meanwhile
+            raise OSError(f"--out: cannot write the results to {str(out_dir)!r} ({err.strerror or err})") from err
+
+    try:
+        out = search(prompt, seed=args.seed, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+                     nfe_budget=budget, progress=not args.quiet, **video)
+    except Exception as err:
+        partial = getattr(err, "partial", None)
+        if partial is None:  # refused before any compute: a bad prompt, step count, ...
+            if isinstance(err, (ValueError, TypeError)):
+                raise pf.flag_error(None, err, FLAG_OF) from err
+            raise
+        write(partial)
+        best = "no sample was scored" if partial.best is None else \
+            f"the best so far (reward {partial.best.reward:.4g}) is in {out_dir}"
+        raise SearchFailed(f"the search stopped at NFE {partial.stats.nfe} on an error from the reward "
+                           f"{reward_name!r}: {type(err).__name__}: {err}; {best}") from err
+    paths = write(out)
+    print_summary(out, args.method, paths, time.perf_counter() - t0)
     return 0 if out.complete else 130
 
 
-def add_search_args(g, device: str = "cpu") -> None:
+# -------------------------------------------------------------------------------- parsers
+def add_search_args(g, device: str) -> None:
     """The model/method/reward/budget flags shared by ``generate`` and ``batch``."""
-    g.add_argument("--model", default=None, help="local diffusers folder, or var-digits (the bundled next-scale model; "
-                   "use with --method tts-var or best-of-n) (default: the bundled digits model)")
-    g.add_argument("--method", default="evosearch", choices=METHOD_CHOICES)
+    models = ", ".join(MODELS)
+    g.add_argument("--model", default=DEFAULT_MODEL, metavar="MODEL|PATH",
+                   help=f"a bundled model ({models}) or a local diffusers folder with model_index.json")
+    g.add_argument("--method", default="evosearch", choices=list(METHODS), help="search method")
+    g.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a hyperparameter of the method, e.g. --option mutation_rate=0.3 (repeatable; the value is a "
+                        "Python literal, else text); default: none, the method's own defaults")
     g.add_argument("--nfe-budget", type=int, default=None,
-                   help="denoiser evaluations to spend (default: 32 trajectories' worth)")
+                   help=f"denoiser evaluations (NFE) to spend per prompt (default: {pf.DEFAULT_TRAJECTORIES} "
+                        "trajectories' worth, unless --population sizes the search)")
+    pops = "; ".join(f"{m}: {p}" for m, p in POPULATION_PARAMETER.items() if p)
     g.add_argument("--population", type=int, default=None,
-                   help="best-of-n: n; paths: paths kept (width 4); particles: particles (default: from the budget)")
+                   help=f"the method's population ({pops}); default: sized from the budget")
     g.add_argument("--steps", type=int, default=None, help="num_inference_steps (default: the model's)")
-    g.add_argument("--guidance-scale", type=float, default=None)
-    g.add_argument("--eta", type=float, default=1.0, help="sampler noise level in [0, 1]")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (default: the model's)")
+    g.add_argument("--eta", type=float, default=1.0, help="sampler noise level in [0, 1] (EvoSearch needs > 0)")
+    g.add_argument("--seed", type=int, default=0, help="random seed")
     g.add_argument("--reward", default=None, metavar="REWARD",
-                   help=f"one of {', '.join(REWARD_CHOICES)}, or module:function naming an importable Reward or "
-                        "callable fn(images, prompts) -> scores (default: digits for the bundled model, clip otherwise)")
-    g.add_argument("--reward-checkpoint", default=None, help="local checkpoint for the reward")
-    g.add_argument("--max-batch-size", type=int, default=16)
-    g.add_argument("--device", default=device, help="torch device (default: %(default)s)")
+                   help=f"one of {', '.join(REWARDS)}, or module:attr naming an importable Reward or callable "
+                        "fn(images, prompts) -> scores (default: the model's own reward; clip for a folder)")
+    g.add_argument("--reward-checkpoint", default=None, metavar="PATH",
+                   help="a local checkpoint for the reward (default: its bundled or downloaded weights)")
+    g.add_argument("--judge", default="default", choices=("default", "none"),
+                   help="held-out judge of the samples: default = the model's own judge when it has one")
+    g.add_argument("--patience", type=int, default=None,
+                   help="early stop: after this many generations without a rise above --tol (default: off)")
+    g.add_argument("--tol", type=float, default=None, help="early stop: the rise that counts (default: 0 = any)")
+    g.add_argument("--target-reward", type=float, default=None,
+                   help="early stop: once the best reward reaches this (default: off)")
+    g.add_argument("--target-judge", action="store_true", help="early stop: once the judge calls the best correct")
+    g.add_argument("--max-batch-size", type=int, default=16, help="samples per denoiser call")
+    g.add_argument("--device", default=device, help="cpu, cuda, cuda:N or mps" + (
+        "; auto = this process's device under a launcher, else a GPU if any, else cpu" if device == "auto" else ""))
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from .batch import add_batch_parser
+    from .apps.gradio_app import add_parser as add_app_parser
 
-    parser = argparse.ArgumentParser(prog="evosearch", description="Test-time search for diffusers generators")
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of an error (default: one line)")
+    parser = argparse.ArgumentParser(prog="evosearch", description="Test-time search for diffusers generators",
+                                     parents=[debug], formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("generate", help="search for the best sample of one prompt")
-    g.add_argument("--prompt", default=None, help="prompt; for the bundled model the digit to draw (default 3)")
-    add_search_args(g)
-    g.add_argument("--out", default="evosearch-out")
+    g = sub.add_parser("generate", help="search for the best sample of one prompt", parents=[debug],
+                       formatter_class=HelpFormatter,
+                       description="Search for the best sample of PROMPT and write OUT/best.png, population.png, "
+                                   "plain.png, rewards.png and record.json.")
+    g.add_argument("--prompt", default=None, help="the prompt (default: the model's example prompt)")
+    add_search_args(g, device="cpu")
+    g.add_argument("--out", default="evosearch-out", metavar="DIR", help="output folder")
     g.add_argument("--num-frames", type=int, default=None, help="video models: frames (default: the model's)")
     g.add_argument("--num-segments", type=int, default=None,
                    help="segment models (moving-digits): segments per video (default: the model's)")
     g.add_argument("--fps", type=float, default=8.0, help="video models: frames per second of best.mp4/.gif")
     g.set_defaults(func=cmd_generate)
-    add_batch_parser(sub)
-    from .apps.gradio_app import add_parser as add_app_parser
 
+    b = sub.add_parser("batch", help="search every prompt of a .txt/.jsonl file; resumable, multi-process",
+                       parents=[debug], formatter_class=HelpFormatter,
+                       description="Search every prompt of PROMPTS and write DIR/results.jsonl and DIR/images/. "
+                                   "Re-running skips finished prompts. A failing prompt gets an error line and the "
+                                   "others go on (exit code 1 at the end). Under `accelerate launch` (or torchrun) "
+                                   "process k takes the prompts with index %% num_processes == k.")
+    b.add_argument("prompts", metavar="PROMPTS",
+                   help=".txt (one prompt per line; blank and # lines skipped) or .jsonl (objects with \"prompt\" "
+                        "and optional \"seed\", \"id\", \"nfe_budget\", \"negative_prompt\")")
+    b.add_argument("--out", required=True, metavar="DIR", help="output folder (results.jsonl, images/); required")
+    add_search_args(b, device="auto")
+    b.add_argument("--save-population", action="store_true",
+                   help="also save a grid of each prompt's final population (images/<id>.population.png)")
+    b.add_argument("--retry-failed", action="store_true",
+                   help="search the prompts that failed in an earlier run again (default: keep their error lines)")
+    b.add_argument("--total-nfe-budget", type=int, default=None, metavar="N",
+                   help="share N NFE over all prompts: wave 1 gives each min(N // (2 x prompts), --nfe-budget), "
+                        "the rest goes to the prompts with the most estimated headroom (default: off, every prompt "
+                        "gets --nfe-budget)")
+    from .batch.command import cmd_batch
+
+    b.set_defaults(func=cmd_batch)
     add_app_parser(sub)
     return parser
+
+
+def one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= MESSAGE_CHARS else text[:MESSAGE_CHARS] + f"... ({len(text)} characters)"
 
 
 def main(argv=None) -> int:
@@ -209,9 +244,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as e:  # bad hyperparameters: a clear one-line error, not a traceback
-        print(f"evosearch: error: {e}", file=sys.stderr)
+    except (ValueError, TypeError, OSError, SearchFailed) as err:  # a user's error: one line, no traceback
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        print(f"evosearch: error: {one_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("evosearch: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -81,9 +82,11 @@ def image_grid(images: Sequence[Image.Image], cols: int | None = None) -> Image.
     return make_image_grid(images + [blank] * (rows * cols - len(images)), rows=rows, cols=cols)
 
 
-def plot_reward_vs_nfe(histories: dict[str, list[dict]], path: str | os.PathLike, title: str = "") -> Path:
-    """Best-so-far reward (line) and every scored candidate (dots) against cumulative NFE,
-    one colour per run; ``histories`` maps a label to a SearchPipelineOutput.history."""
+def plot_reward_vs_nfe(histories: dict[str, list[dict]], path: str | os.PathLike, title: str = "",
+                       reward_name: str | None = None) -> Path:
+    """Best-so-far reward (line) and every scored candidate (dots) against cumulative NFE from
+    NFE 0, one colour per run; ``histories`` maps a label to a SearchPipelineOutput.history;
+    ``reward_name`` labels the reward axis."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -95,11 +98,12 @@ def plot_reward_vs_nfe(histories: dict[str, list[dict]], path: str | os.PathLike
         line = ax.step(nfe, [h["best_reward"] for h in history], where="post", label=f"{label}: best so far")[0]
         for h in history:
             ax.scatter([h["nfe"]] * len(h["rewards"]), h["rewards"], s=8, alpha=0.35, color=line.get_color())
-    ax.set_xlabel("cumulative NFE")
-    ax.set_ylabel("reward")
+    ax.set_xlim(left=0)
+    ax.set_xlabel("cumulative NFE (denoiser evaluations)")
+    ax.set_ylabel(f"reward: {reward_name}" if reward_name else "reward")
     ax.set_title(title or "reward vs compute")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     import io as _io
 
@@ -107,3 +111,38 @@ def plot_reward_vs_nfe(histories: dict[str, list[dict]], path: str | os.PathLike
     fig.savefig(buf, format="png")
     plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+TEXT_KEYS = frozenset({"prompt", "negative_prompt", "prompts"})
+# an absolute path inside a string: at its start or after a space, quote, bracket or "="
+_ABS_PATH = re.compile(r"(?:(?<=^)|(?<=[\s'\"(\[=]))(/[^\s'\"(),\[\]]+|[A-Za-z]:\\[^\s'\"(),\[\]]+)")
+
+
+def portable(obj, out_dir: str | os.PathLike):
+    """``obj`` (a record: dicts, lists, strings) with every absolute path replaced, so a shared
+    record does not reveal the folder it was made in: files of the bundled assets become
+    ``bundled:<world>/<part>``, any other path becomes relative to ``out_dir``. Prompts (the
+    values of :data:`TEXT_KEYS`) are the user's text and stay as they are."""
+    from .bundled.paths import ASSETS
+
+    assets, out = str(ASSETS), os.path.abspath(out_dir)
+
+    def fix(match: re.Match) -> str:
+        path = os.path.normpath(match.group(0))
+        if path == assets or path.startswith(assets + os.sep):
+            return "bundled:" + Path(os.path.relpath(path, assets)).as_posix()
+        try:
+            return Path(os.path.relpath(path, out)).as_posix()
+        except ValueError:  # another drive (Windows): keep only the name
+            return Path(path).name
+
+    def walk(x):
+        if isinstance(x, str):
+            return _ABS_PATH.sub(fix, x)
+        if isinstance(x, dict):
+            return {k: v if k in TEXT_KEYS else walk(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [walk(v) for v in x]
+        return x
+
+    return walk(obj)

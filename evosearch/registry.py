@@ -129,6 +129,63 @@ MODELS: dict[str, ModelEntry] = {
 DEFAULT_MODEL = "shapes"
 
 
+def check_model_folder(path) -> str:
+    """The pipeline class named by a local diffusers folder's ``model_index.json``, checked without
+    loading any weights: the folder exists, the file is a JSON object whose ``_class_name`` diffusers
+    knows. Errors name ``model``."""
+    import json
+    from pathlib import Path
+
+    folder = Path(path)
+    if not folder.exists():
+        raise ParameterError(f"model: {str(path)!r} is neither a bundled model ({', '.join(MODELS)}) nor an "
+                             f"existing folder")
+    if not folder.is_dir():
+        raise ParameterError(f"model: {str(path)!r} is a file; expected a bundled model ({', '.join(MODELS)}) or a "
+                             f"diffusers folder with model_index.json")
+    index = folder / "model_index.json"
+    try:
+        config = json.loads(index.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParameterError(f"model: {str(path)!r} has no model_index.json, so it is not a diffusers "
+                             f"pipeline folder") from None
+    except (ValueError, OSError) as err:
+        raise ParameterError(f"model: {index} is not readable JSON ({err})") from None
+    name = config.get("_class_name") if isinstance(config, dict) else None
+    if not isinstance(name, str):
+        raise ParameterError(f"model: {index} has no \"_class_name\" naming the pipeline class")
+    import diffusers
+
+    if not isinstance(getattr(diffusers, name, None), type):
+        raise ParameterError(f"model: {index} names the pipeline class {name!r}, which diffusers "
+                             f"{diffusers.__version__} does not have")
+    return name
+
+
+def load_model(name: str, device: str = "cpu"):
+    """A bundled model by name (:data:`MODELS`) or a local diffusers folder, on ``device``. Missing
+    weights, a broken ``model_index.json`` or an unloadable folder raise a ParameterError naming
+    ``model``."""
+    if not isinstance(name, str) or not name:
+        raise ParameterError(f"model: expected a bundled model ({', '.join(MODELS)}) or a local diffusers "
+                             f"folder, got {describe(name)}")
+    if name in MODELS:
+        try:
+            return MODELS[name].load(device=device)
+        except FileNotFoundError as err:
+            raise ParameterError(f"model: the bundled {name!r} model's weights are not installed "
+                                 f"({str(err).removeprefix('path: ')})") from err
+    check_model_folder(name)
+    from diffusers import DiffusionPipeline
+
+    try:
+        pipe = DiffusionPipeline.from_pretrained(name)
+    except Exception as err:  # any failure reading a user's folder is reported as that folder's problem
+        raise ParameterError(f"model: cannot load {name!r} as a diffusers pipeline ({type(err).__name__}: "
+                             f"{err})") from err
+    return pipe.to(device)
+
+
 def model_examples(name: str) -> dict:
     """Example prompts of a bundled model, by category."""
     check_choice("model", name, MODELS)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -55,7 +56,7 @@ def model_dir(tmp_path_factory, pixel_pipe):
 
 @pytest.fixture(scope="module")
 def search(model_dir):
-    from evosearch.cli import load_model
+    from evosearch.registry import load_model
 
     return SearchPipeline.from_pipe(load_model(str(model_dir), "cpu"), reward=FunctionReward(target_brightness),
                                     method=BestOfN(), max_batch_size=16)
@@ -128,8 +129,8 @@ def test_read_prompts_txt_and_jsonl(tmp_path, prompts_txt):
     ('{"seed": 1}\n', '"prompt" must be a non-empty string'),
     ('{"prompt": "a", "id": "x"}\n{"prompt": "b", "id": "x"}\n', "repeats the id"),
     ('{"prompt": "a", "id": "../evil"}\n', '"id" must be'),
-    ('{"prompt": "a", "seed": -1}\n', "'seed' must be an integer >= 0"),
-    ('{"prompt": "a", "nfe_budget": 0}\n', "'nfe_budget' must be an integer >= 1"),
+    ('{"prompt": "a", "seed": -1}\n', "seed: must be an integer >= 0"),
+    ('{"prompt": "a", "nfe_budget": 0}\n', "nfe_budget: must be an integer >= 1"),
     ('["a"]\n', "expected a JSON object"),
     ('\n# nothing\n', "no prompts found"),
 ])
@@ -225,13 +226,14 @@ def test_per_prompt_budget_and_merge_keeps_unknown_ids(search, tmp_path):
 
 
 def test_reward_spec_errors(tmp_path, model_dir):
-    from evosearch.cli import load_reward, main
+    from evosearch.cli import main
+    from evosearch.registry import load_reward
 
     r = load_reward("test_batch:target_brightness", None, "cpu")  # tests/ is on sys.path under pytest
     assert r.name == "target_brightness" and float(r(torch.full((1, 1, 8, 8), 0.5), ["a 0.5"])[0]) == 0.0
-    with pytest.raises(SystemExit, match="cannot import"):
+    with pytest.raises(ValueError, match="cannot import"):
         load_reward("evosearch.nope:fn", None, "cpu")
-    with pytest.raises(SystemExit, match="unknown reward 'nope'"):
+    with pytest.raises(ValueError, match="unknown reward 'nope'"):
         load_reward("nope", None, "cpu")
     (tmp_path / "p.csv").write_text("a\n")
     assert main(["batch", str(tmp_path / "p.csv"), "--out", str(tmp_path / "o"), "--model", str(model_dir)]) == 2
@@ -311,3 +313,232 @@ def test_interrupt_keeps_finished_and_resumes(reference, search, prompts_txt, tm
     s = run_batch(search, items, tmp_path, nfe_budget=BUDGET, num_inference_steps=STEPS, progress=False)
     assert (s.skipped, s.ran, s.complete) == (2, len(PROMPTS) - 2, True)
     assert essentials(tmp_path) == essentials(reference)
+
+
+# -- failing prompts: an error line each, the others go on; --retry-failed -------------------------
+FAILING = {PROMPTS[2]: "raises", PROMPTS[3]: "nan"}
+
+
+def flaky_brightness(images, prompts):
+    """target_brightness, except that it raises for PROMPTS[2] and returns NaN for PROMPTS[3]."""
+    if FAILING.get(prompts[0]) == "raises":
+        raise RuntimeError("reward exploded")
+    if FAILING.get(prompts[0]) == "nan":
+        return torch.full((images.shape[0],), float("nan"))
+    return target_brightness(images, prompts)
+
+
+def comparable(rec):
+    return {k: v for k, v in strip_timing(rec).items() if k != "config"}
+
+
+def test_failing_prompts_are_isolated_and_retried(reference, search, prompts_txt, tmp_path):
+    items = read_prompts(prompts_txt)
+    flaky = SearchPipeline.from_pipe(search.pipe, reward=FunctionReward(flaky_brightness), method=BestOfN())
+    s = run_batch(flaky, items, tmp_path, nfe_budget=BUDGET, num_inference_steps=STEPS, progress=False)
+    assert (s.ran, s.failed, s.complete) == (len(PROMPTS), 2, True)
+    lines = {r["id"]: r for r in read_jsonl(tmp_path / "results.jsonl")}
+    ref = {r["id"]: r for r in read_jsonl(reference / "results.jsonl")}
+    bad = {items[2].id: "RuntimeError: reward exploded", items[3].id: "non-finite"}
+    for pid, rec in lines.items():
+        if pid in bad:
+            assert rec["status"] == "failed" and rec["complete"] is False and rec["image"] is None
+            assert bad[pid] in rec["error"] and rec["prompt"] in PROMPTS and rec["nfe"] == BUDGET
+        else:
+            assert rec["status"] == "ok" and comparable(rec) == comparable(ref[pid])
+    ok_lines = {pid: json.dumps(rec, sort_keys=True) for pid, rec in lines.items() if pid not in bad}
+
+    s = run_batch(flaky, items, tmp_path, nfe_budget=BUDGET, num_inference_steps=STEPS, progress=False)
+    assert (s.skipped, s.ran) == (len(PROMPTS), 0)  # a plain re-run keeps the error lines
+    s = run_batch(search, items, tmp_path, nfe_budget=BUDGET, num_inference_steps=STEPS, progress=False,
+                  retry_failed=True)
+    assert (s.skipped, s.ran, s.failed) == (len(PROMPTS) - 2, 2, 0)
+    after = {r["id"]: r for r in read_jsonl(tmp_path / "results.jsonl")}
+    assert {pid: json.dumps(after[pid], sort_keys=True) for pid in ok_lines} == ok_lines  # nothing lost
+    assert essentials(tmp_path) == essentials(reference)
+    assert all(after[pid]["nfe_failed_attempts"] == BUDGET for pid in bad)  # the failed attempts' NFE is kept
+
+
+def test_cli_failing_prompt_summary_and_retry(prompts_txt, model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = cli_args(prompts_txt, out, model_dir, reward="test_batch:flaky_brightness")
+    res = subprocess.run([PY, "-m", "evosearch.cli", *args], env=cli_env(), cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 1, res.stdout + res.stderr  # some prompts failed
+    assert "Traceback" not in res.stderr
+    assert f"8/{len(PROMPTS)} prompts done (0 skipped, {len(PROMPTS)} searched here) | 2 failed" in res.stdout
+    assert res.stdout.count("  failed     ") == 2 and "reward exploded" in res.stdout
+    text = (out / "results.jsonl").read_text()
+    failed = [r for r in map(json.loads, text.splitlines()) if r["status"] == "failed"]
+    assert [r["prompt"] for r in failed] == [PROMPTS[2], PROMPTS[3]] and all(r["error"] for r in failed)
+    assert str(tmp_path) not in text and str(ROOT) not in text  # paths relative to the output folder
+    assert failed[0]["config"]["model"] == os.path.relpath(model_dir, out)
+
+    from evosearch.cli import main
+
+    args[args.index("--reward") + 1] = "test_batch:target_brightness"
+    assert main(args + ["--retry-failed"]) == 0
+    stdout = capsys.readouterr().out
+    assert f"{len(PROMPTS)}/{len(PROMPTS)} prompts done (8 skipped, 2 searched here) | 0 failed" in stdout
+    assert all(r["status"] == "ok" for r in read_jsonl(out / "results.jsonl"))
+
+
+def test_a_prompt_the_model_refuses(tmp_path):
+    """The digits model refuses "a cat" before any compute: an error line, the other prompts run."""
+    from evosearch.registry import load_model, load_reward
+
+    digits = SearchPipeline.from_pipe(load_model("digits"), reward=load_reward("digits"), method=BestOfN())
+    s = run_batch(digits, make_items(["3", "a cat", "7"]), tmp_path, nfe_budget=4, num_inference_steps=4,
+                  progress=False)
+    assert [r["status"] for r in read_jsonl(tmp_path / "results.jsonl")] == ["ok", "failed", "ok"]
+    assert s.failed == 1 and "prompt:" in s.records[1]["error"] and s.records[1]["nfe"] == 0
+
+
+# -- a total budget: two waves, never more than N, resumable ----------------------------------------
+TOTAL = 200
+
+
+def total_run(search, items, out, **kw):
+    from evosearch.batch import run_total_budget
+
+    return run_total_budget(search, items, out, TOTAL, trajectory_nfe=STEPS, viable=lambda b: b >= STEPS,
+                            num_inference_steps=STEPS, progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def total_reference(search, prompts_txt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("total")
+    s = total_run(search, read_prompts(prompts_txt), out)
+    assert s.complete and s.results_path == out / "results.jsonl"
+    return out
+
+
+def spent(out: Path) -> int:
+    from evosearch.batch import spent_nfe
+
+    return sum(spent_nfe(r) for r in read_jsonl(out / "results.jsonl"))
+
+
+def test_total_budget_waves(total_reference, prompts_txt):
+    lines = read_jsonl(total_reference / "results.jsonl")
+    plan = json.loads((total_reference / "budget_plan.json").read_text())
+    assert TOTAL // 2 < spent(total_reference) <= TOTAL
+    wave1 = TOTAL // (2 * len(PROMPTS))  # 10 -> 2 samples of 4 steps
+    second = [r for r in lines if r["wave"] == 2]
+    assert 1 <= len(second) <= len(PROMPTS) // 2  # the most headroom: at most half of the prompts
+    for r in lines:
+        row = plan["prompts"][r["id"]]
+        assert r["waves"][0]["nfe_budget"] == wave1 and r["waves"][0]["nfe"] == row["wave1_nfe"] == 8
+        if r["wave"] == 2:
+            assert row["wave2_budget"] > 0 and row["wave2_budget"] % STEPS == 0
+            assert r["nfe"] == 8 + r["waves"][1]["nfe"] and r["waves"][1]["nfe"] <= row["wave2_budget"]
+            assert r["best_reward"] == max(w["best_reward"] for w in r["waves"])
+            assert r["image"] == (f"images/wave2/{r['id']}.png" if r["best_wave"] == 2 else f"images/{r['id']}.png")
+        else:
+            assert row["wave2_budget"] == 0 and r["nfe"] == 8
+    chosen = sorted(plan["prompts"].values(), key=lambda row: -row["headroom"])[:len(second)]
+    assert all(row["wave2_budget"] > 0 for row in chosen)  # the ones with the most headroom got it
+
+
+@pytest.mark.parametrize("stop_at", [4, len(PROMPTS) + 2])  # during wave 1, during wave 2
+def test_total_budget_resumes_to_the_same_results(total_reference, search, prompts_txt, tmp_path, stop_at):
+    calls = {"n": 0}
+
+    def stopping(images, prompts):
+        calls["n"] += 1
+        if calls["n"] == stop_at:
+            raise KeyboardInterrupt
+        return target_brightness(images, prompts)
+
+    items = read_prompts(prompts_txt)
+    s = total_run(SearchPipeline.from_pipe(search.pipe, reward=FunctionReward(stopping), method=BestOfN()), items,
+                  tmp_path)
+    assert not s.complete and not (tmp_path / "results.jsonl").exists()
+    assert (tmp_path / "budget_plan.json").exists() == (stop_at > len(PROMPTS))
+    assert total_run(search, items, tmp_path).complete
+    assert essentials(tmp_path) == essentials(total_reference)
+    assert [comparable(r) for r in read_jsonl(tmp_path / "results.jsonl")] == \
+        [comparable(r) for r in read_jsonl(total_reference / "results.jsonl")]
+    assert (tmp_path / "budget_plan.json").read_text() == (total_reference / "budget_plan.json").read_text()
+
+
+def test_total_budget_counts_failed_attempts(search, prompts_txt, tmp_path, capsys):
+    """Failed attempts count against the total; --retry-failed re-runs them in wave 1, and after
+    wave 2 only while the budget left covers them."""
+    items = read_prompts(prompts_txt)
+    calls = {"n": 0}
+
+    def flaky_then_stop(images, prompts):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return flaky_brightness(images, prompts)
+
+    s = total_run(SearchPipeline.from_pipe(search.pipe, reward=FunctionReward(flaky_then_stop), method=BestOfN()),
+                  items, tmp_path / "a")
+    assert (s.complete, s.failed) == (False, 2)  # prompts 2 and 3 failed, then Ctrl-C in wave 1
+    assert total_run(search, items, tmp_path / "a", retry_failed=True).complete
+    lines = {r["id"]: r for r in read_jsonl(tmp_path / "a/results.jsonl")}
+    plan = json.loads((tmp_path / "a/budget_plan.json").read_text())
+    for it in items[2:4]:
+        assert lines[it.id]["status"] == "ok" and lines[it.id]["nfe_failed_attempts"] == 8
+        assert plan["prompts"][it.id]["wave1_nfe"] == 16  # the failed attempt and the retry
+    assert spent(tmp_path / "a") <= TOTAL
+
+    flaky = SearchPipeline.from_pipe(search.pipe, reward=FunctionReward(flaky_brightness), method=BestOfN())
+    assert total_run(flaky, items, tmp_path / "b").failed == 2
+    left = TOTAL - spent(tmp_path / "b")
+    assert 0 <= left < TOTAL // (2 * len(PROMPTS))  # wave 2 took all but less than one prompt's wave 1
+    assert total_run(search, items, tmp_path / "b", retry_failed=True).ran == 0
+    assert "2 failed prompt(s) not retried" in capsys.readouterr().err
+    assert spent(tmp_path / "b") == TOTAL - left
+
+
+def test_budget_plan_rule():
+    from evosearch.batch import compute_plan
+
+    items = make_items(["a", "b", "c", "d"])
+    best, spreads = [0.0, -1.0, -2.0, -0.5], [1.0, 0.5, 3.0, 0.1]
+    records = {it.id: {"id": it.id, "status": "ok", "complete": True, "nfe": 8,
+                       "waves": [{"wave": 1, "nfe": 8, "best_reward": b, "spread": s}]}
+               for it, b, s in zip(items, best, spreads)}
+    plan = compute_plan(items, records, 100, {}, 4, viable=lambda b: b >= 4)
+    rows = [plan["prompts"][it.id] for it in items]
+    assert [r["headroom"] for r in rows] == [0.0, 0.5, 2.0, 0.1]  # min(spread, gap to the best prompt)
+    assert [r["wave2_budget"] for r in rows] == [0, 12, 52, 0]  # 68 NFE to the top 2, by headroom, whole trajectories
+    assert plan["pool"] == 68 and plan["unallocated"] == 4
+    capped = compute_plan(items, records, 100, {items[2].id: 40}, 4, viable=lambda b: b >= 4)
+    assert capped["prompts"][items[2].id]["wave2_budget"] == 32  # its cap, 40, minus its wave-1 NFE
+    records[items[1].id] = {"id": items[1].id, "status": "failed", "nfe": 8, "waves": [{"wave": 1, "nfe": 8}]}
+    failed = compute_plan(items, records, 100, {}, 4, viable=lambda b: b >= 100)  # nothing viable
+    assert failed["prompts"][items[1].id]["wave2_budget"] == 0 and failed["unallocated"] == failed["pool"] == 68
+
+
+def test_cli_total_budget(prompts_txt, model_dir, tmp_path, capsys):
+    from evosearch.cli import main
+
+    args = cli_args(prompts_txt, tmp_path / "out", model_dir)
+    args[args.index("--nfe-budget"):args.index("--nfe-budget") + 2] = ["--total-nfe-budget", str(TOTAL)]
+    assert main(args) == 0
+    stdout = capsys.readouterr().out
+    assert re.search(rf"\| NFE (\d+)/{TOTAL} \|", stdout) and "budget_plan.json" in stdout
+    assert int(re.search(rf"NFE (\d+)/{TOTAL}", stdout).group(1)) == spent(tmp_path / "out") <= TOTAL
+    args[args.index(str(TOTAL))] = "10"
+    assert main(args) == 2  # 10 // (2 x 10) = 0 NFE per prompt: refused
+    assert "--total-nfe-budget: 10 NFE leaves each of the 10 prompts 0 NFE" in capsys.readouterr().err
+
+
+def test_retries_stay_within_the_total():
+    from evosearch.batch.budget import retry_allowance
+
+    items = make_items(["a", "b", "c", "d"])
+    budgets = {it.id: 5 for it in items}  # total 40 over 4 prompts: 5 NFE each in wave 1
+
+    def failed(n_before):
+        return {"status": "failed", "nfe": 5, "nfe_failed_attempts": n_before}
+
+    records = {it.id: failed(0) for it in items[:3]}  # d has no result yet: its 5 NFE are promised
+    assert retry_allowance(items, records, None, 40, budgets, 1) == {it.id for it in items[:3]}
+    assert retry_allowance(items, records, None, 40, budgets, 2) == {items[0].id, items[1].id}  # 12 each
+    records = {it.id: failed(5) for it in items[:3]}  # a second failure each: 30 spent, 5 promised
+    assert retry_allowance(items, records, None, 40, budgets, 1) == {items[0].id}
