@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-DEFAULT_MAX_NFE_BUDGET = 2000
-DEFAULT_MAX_POPULATION = 64
+from .request import DEFAULT_MAX_NFE_BUDGET, DEFAULT_MAX_POPULATION
 
 
 def _positive(text: str) -> int:

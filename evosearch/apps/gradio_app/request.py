@@ -9,8 +9,10 @@ from dataclasses import asdict, dataclass
 
 from ... import registry
 from ...core.validation import ParameterError, check_bool, check_int, check_number, describe
-from .args import DEFAULT_MAX_NFE_BUDGET, DEFAULT_MAX_POPULATION
 from .catalog import Catalog
+
+DEFAULT_MAX_NFE_BUDGET = 2000
+DEFAULT_MAX_POPULATION = 64
 
 DEFAULT_MAX_PROMPT_CHARS = 1000
 MAX_SEED = 2**32 - 1
