@@ -48,18 +48,14 @@ def parse_args(argv=None):
 
 def degrade(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """What a small generator does to a clean render: blur, noise, brightness/contrast drift. x in [0, 1]."""
-    n = x.shape[0]
-    sigma = torch.rand(n, generator=g) * 1.2
+    n, c, h, w = x.shape
+    sigma = (torch.rand(n, generator=g) * 1.2).clamp(min=0.05)
     k = torch.arange(-2, 3, dtype=torch.float32)
-    out = []
-    for img, s in zip(x, sigma):
-        if s > 0.15:
-            w = torch.exp(-(k ** 2) / (2 * float(s) ** 2))
-            w = w / w.sum()
-            img = F.conv2d(F.pad(img[:, None], (2, 2, 0, 0), mode="replicate"), w.view(1, 1, 1, 5))
-            img = F.conv2d(F.pad(img, (0, 0, 2, 2), mode="replicate"), w.view(1, 1, 5, 1))[:, 0]
-        out.append(img)
-    x = torch.stack(out)
+    kernel = torch.exp(-(k[None] ** 2) / (2 * sigma[:, None] ** 2))
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (n*c, 5): one per image channel
+    y = F.pad(x.reshape(1, n * c, h, w), (2, 2, 2, 2), mode="replicate")
+    y = F.conv2d(y, kernel.view(n * c, 1, 1, 5), groups=n * c)
+    x = F.conv2d(y, kernel.view(n * c, 1, 5, 1), groups=n * c).reshape(n, c, h, w)
     contrast = 1 + (torch.rand(n, 1, 1, 1, generator=g) - 0.5) * 0.3
     bright = (torch.rand(n, 1, 1, 1, generator=g) - 0.5) * 0.1
     noise = torch.randn(x.shape, generator=g) * torch.rand(n, 1, 1, 1, generator=g) * 0.06
@@ -131,7 +127,7 @@ def main(argv=None):
         loss.backward()
         opt.step()
         if (step + 1) % 100 == 0:
-            entry = {"step": step + 1, "loss": round(float(loss), 4), "seconds": round(time.time() - t0, 1)}
+            entry = {"step": step + 1, "loss": round(loss.item(), 4), "seconds": round(time.time() - t0, 1)}
             log.append(entry)
             print(entry, flush=True)
     model.eval()

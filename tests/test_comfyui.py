@@ -744,10 +744,11 @@ def test_progress_per_micro_batch_with_the_plans_nfe_as_total(fake_comfy):
     updates = fake_comfy.pbar.updates
     assert {u[1] for u in updates} == {60}
     progress = [u[0] for u in updates if u[2] is None]
-    # waves of 4, 4, 2 candidates; each step of a wave is one model call, followed by one update
+    # the plan shows 0 of 60 before any compute; then waves of 4, 4, 2 candidates: each step of a
+    # wave is one model call, followed by one update
     micro_batches = 3 * 6
-    assert model.calls == micro_batches and len(set(progress)) == micro_batches
-    steps_of = sorted(set(progress))
+    assert model.calls == micro_batches and progress[0] == 0 and len(set(progress) - {0}) == micro_batches
+    steps_of = sorted(set(progress) - {0})
     assert steps_of[:6] == [4, 8, 12, 16, 20, 24] and steps_of[-1] == 60
 
 

@@ -178,17 +178,13 @@ class Judge:
     @staticmethod
     def _template_match(shape: str, cover: np.ndarray, cx: float, cy: float, area: float) -> float:
         """Overlap (1 - L1 / total mass) between ``cover`` and the best ideal ``shape`` of the same area
-        and centroid, drawn as the renderer draws (sizes within +-10%, centre within half a pixel)."""
+        and centroid, drawn as the renderer draws (sizes within +-8%)."""
         size = {"circle": 2 * np.sqrt(area / np.pi), "square": np.sqrt(area) / 0.9, "triangle": np.sqrt(2 * area)}[shape]
         dy0 = size / 6 if shape == "triangle" else 0.0  # a triangle's centroid lies h/3 below its box centre
         best = 0.0
         for f in (0.92, 1.0, 1.08):
-            for ox in (-0.5, 0.0, 0.5):
-                for oy in (-0.5, 0.0, 0.5):
-                    obj = PlacedObject(shape, "white", cx + ox, cy - dy0 * f + oy, size * f)
-                    t = object_mask(obj, cover.shape[0])
-                    score = 1.0 - np.abs(cover - t).sum() / (cover.sum() + t.sum())
-                    best = max(best, float(score))
+            t = object_mask(PlacedObject(shape, "white", cx, cy - dy0 * f, size * f), cover.shape[0])
+            best = max(best, 1.0 - float(np.abs(cover - t).sum() / (cover.sum() + t.sum())))
         return best
 
     # -- verdicts ------------------------------------------------------------------------

@@ -8,6 +8,10 @@ Both variants share one architecture, built here so that training and loading ag
 * a ``UNet2DConditionModel`` on 32x32x3 pixels in [-1, 1]: cross-attention to the token
   states at 8x8, and the pooled text embedding added to the time embedding of every block
   (``class_embed_type="projection"``), a stronger path for the prompt than attention alone.
+  The pooled embedding is ``CLIPTextModel``'s own ``pooler_output``; with this tokenizer's
+  end-of-text id (2) transformers takes it at the highest token id of the prompt, not at the
+  end of text, so it sees the prompt up to that word (training and sampling agree; the
+  cross-attention path sees every token). The learned reward pools at the end of text.
 
 :class:`ShapesPipeline` is the ``diffusion`` variant (v-prediction, cosine schedule,
 ``DDIMScheduler`` with "trailing" spacing, x0 clipped to [-1, 1]); :class:`ShapesFlowPipeline`

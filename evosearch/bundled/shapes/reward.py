@@ -54,8 +54,12 @@ class ShapesCLIPModel(ModelMixin, ConfigMixin):
         return F.normalize(self.image_encoder(images * 2 - 1), dim=-1)
 
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(N, 12) token ids -> (N, embed_dim), unit norm."""
-        return F.normalize(self.text_projection(self.text_encoder(input_ids).pooler_output), dim=-1)
+        """(N, 12) token ids -> (N, embed_dim), unit norm: the state at the end-of-text token, which
+        (causal attention) has seen the whole prompt. Taken explicitly: CLIPTextModel's own pooled
+        output falls back to the highest token id when the end-of-text id is 2, as it is here."""
+        states = self.text_encoder(input_ids).last_hidden_state
+        end = (input_ids == self.config.eos_token_id).int().argmax(dim=-1)
+        return F.normalize(self.text_projection(states[torch.arange(len(states)), end]), dim=-1)
 
 
 class ShapesCLIPScore(Reward):

@@ -1,0 +1,112 @@
+"""The shapes world: grammar, renderer, exact judge (renders, adversarial images, hand labels)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from evosearch.bundled import shapes
+from evosearch.bundled.shapes.grammar import CATEGORIES, perturb_spec, sample_spec
+from evosearch.bundled.shapes.render import PlacedObject, draw, object_mask, render_array
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_grammar_round_trip_and_categories():
+    rng = np.random.default_rng(0)
+    for k in range(600):
+        spec = sample_spec(rng, CATEGORIES[k % 6])
+        assert shapes.parse_prompt(spec.prompt()) == spec
+    assert shapes.parse_prompt("A photo of a RED circle.").category == "colors"
+    assert shapes.parse_prompt("a circle").category == "single_object"
+    assert shapes.parse_prompt("a square and a triangle").category == "two_object"
+    assert shapes.parse_prompt("a red square and a green circle").category == "color_attr"
+    assert shapes.parse_prompt("three green circles").category == "counting"
+    spec = shapes.parse_prompt("a red circle left of a blue square")
+    assert spec.category == "position" and spec.relation == "left of" and spec.objects[0].color == "red"
+    bench = shapes.benchmark_prompts()
+    assert len(bench) >= 32 and {c for c, _ in bench} == set(CATEGORIES) and len({p for _, p in bench}) == len(bench)
+    assert bench == shapes.benchmark_prompts()  # fixed
+
+
+@pytest.mark.parametrize("bad", ["a dog", "two circle", "one circles", "a red circle near a square", "", 3, None,
+                                 "x" * 100_000])
+def test_bad_prompts_name_the_grammar(bad):
+    with pytest.raises(ValueError, match="prompt:.*SHAPE") as err:
+        shapes.parse_prompt(bad)
+    assert len(str(err.value)) < 1000  # a huge prompt is not echoed back
+
+
+def test_perturbed_prompts_differ_in_one_attribute():
+    rng = np.random.default_rng(1)
+    for k in range(300):
+        spec = sample_spec(rng, CATEGORIES[k % 6])
+        other = perturb_spec(spec, rng)
+        assert other.prompt() != spec.prompt() and other.category == spec.category
+
+
+def test_judge_reads_renders_in_every_category():
+    """At least 99% of rendered scenes are judged correct and valid, in every category."""
+    judge = shapes.Judge()
+    for c in CATEGORIES:
+        rng = np.random.default_rng([7, CATEGORIES.index(c)])
+        verdicts = []
+        for k in range(100):
+            spec = sample_spec(rng, c)
+            img, _ = render_array(spec, seed=int(rng.integers(2**31)))
+            verdicts.append(judge.verdict(img, spec))
+        assert np.mean([v["correct"] for v in verdicts]) >= 0.99, c
+        assert all(v["category"] == c for v in verdicts)
+
+
+def test_judge_notices_a_wrong_scene():
+    judge = shapes.Judge()
+    img = np.asarray(shapes.render("a red circle left of a blue square", seed=3), dtype=np.float32) / 255
+    assert judge(img[None], "a red circle left of a blue square")[0]["correct"]
+    for wrong in ("a blue circle left of a red square", "a red circle right of a blue square",
+                  "a red square left of a blue circle", "two red circles", "a red circle"):
+        v = judge(img[None], wrong)[0]
+        assert v["valid"] and not v["correct"] and v["reason"], wrong
+
+
+def _scene(objects, background=0.06):
+    return draw([PlacedObject(*o) for o in objects], np.random.default_rng(0))
+
+
+def test_adversarial_images_are_not_valid():
+    judge = shapes.Judge()
+    rng = np.random.default_rng(0)
+    noise = rng.random((32, 32, 3)).astype(np.float32)
+    blank = np.full((32, 32, 3), 0.05, dtype=np.float32)
+    smear = blank.copy()  # a long diagonal streak
+    for t in range(26):
+        smear[3 + t, 3 + t: 6 + t] = (0.9, 0.2, 0.2)
+    half = blank.copy()  # the top half of a circle, its flat side down
+    cover = object_mask(PlacedObject("circle", "red", 16, 16, 14), 32)
+    cover[16:] = 0
+    half = half * (1 - cover[..., None]) + np.array([0.86, 0.16, 0.16]) * cover[..., None]
+    blend = blank.copy()  # a square that fades from red into green
+    ramp = np.linspace(0, 1, 12)[None, :, None]
+    blend[10:22, 10:22] = (1 - ramp) * np.array([0.86, 0.16, 0.16]) + ramp * np.array([0.16, 0.75, 0.24])
+    speckles = _scene([("circle", "blue", 16, 16, 12)])
+    speckles[[2, 2, 29, 29, 5], [3, 28, 4, 27, 16]] = (0.9, 0.9, 0.2)
+    for name, img in (("noise", noise), ("blank", blank), ("smear", smear), ("half shape", half),
+                      ("two colours blended", blend)):
+        v = judge(torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)).permute(2, 0, 1)[None],
+                  "a red circle")[0]
+        assert not v["valid"] and not v["correct"], (name, v["reason"])
+    assert judge(speckles[None], "a blue circle")[0]["correct"]  # a few stray pixels are no new object
+
+
+def test_judge_agrees_with_hand_labels_of_generated_samples():
+    """Generated samples (the shapes generator at several stages of training), labelled by looking
+    at them: the judge agrees at least 95% of the time on both correct and valid."""
+    labels = json.loads((DATA / "shapes_judge_labels.json").read_text())
+    images = np.load(DATA / "shapes_judge_samples.npz")["images"]
+    assert len(labels["samples"]) == len(images) >= 100
+    verdicts = shapes.Judge()(images, [s["prompt"] for s in labels["samples"]])
+    agree_correct = np.mean([v["correct"] == s["correct"] for v, s in zip(verdicts, labels["samples"])])
+    agree_valid = np.mean([v["valid"] == s["valid"] for v, s in zip(verdicts, labels["samples"])])
+    assert agree_correct >= 0.95 and agree_valid >= 0.95, (agree_correct, agree_valid)
