@@ -2,7 +2,7 @@
 
 The release files are torch checkpoints ``{"state_dict": <open_clip CLIP state dict>}``
 (``HPS_v2_compressed.pt``, ``HPS_v2.1_compressed.pt``) in the hub repo ``xswu/HPSv2``. They
-load into open_clip's own ``ViT-H-14`` through :func:`evosearch.rewards.clip.load_clip` (open_clip
+load into open_clip's own ``ViT-H-14`` through :func:`evosearch.rewards.clip_backbone.load_clip` (open_clip
 unwraps ``state_dict`` and strips ``module.``), so HPSv2 shares the CLIP backbone code,
 tokenizer and per-prompt text-embedding cache of :class:`~evosearch.rewards.clip.CLIPScore`.
 
@@ -20,7 +20,8 @@ import os
 from collections import OrderedDict
 
 
-from .clip import CLIPScore, _check_batch_size, load_clip
+from .clip import CLIPScore
+from .clip_backbone import _check_batch_size, load_clip
 
 __all__ = ["HPS_HUB_FILENAMES", "HPS_HUB_REPO", "HPSv2"]
 

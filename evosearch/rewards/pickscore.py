@@ -9,7 +9,7 @@ The score is what the authors compute::
     score      = model.logit_scale.exp() * (image_embs * text_embs).sum(-1)
 
 Images are preprocessed with torch ops on the (N, 3, H, W) [0, 1] tensors — the same code
-path as :meth:`evosearch.rewards.clip.CLIPBackbone.preprocess` (via
+path as :meth:`evosearch.rewards.clip_backbone.CLIPBackbone.preprocess` (via
 :class:`TensorImagePreprocess`), configured from the processor's ``size`` / ``crop_size`` /
 ``image_mean`` / ``image_std`` / ``resample`` — instead of the processor's PIL pipeline.
 """
@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from .base import Reward
-from .clip import CLIPBackbone, CLIPScore, _check_batch_size, _resolve_device, _to_pair
+from .clip import CLIPScore
+from .clip_backbone import CLIPBackbone, _check_batch_size, _resolve_device, _to_pair
 
 __all__ = ["PICKSCORE_MODEL", "PICKSCORE_PROCESSOR", "PickScore", "TensorImagePreprocess"]
 
