@@ -38,6 +38,7 @@ import torch
 from ..core.records import Request
 from ..core.stepper import Stepper
 from ..core.schedule import NoiseSchedule
+from ..core.validation import check_int
 from .video import VideoStepper
 
 __all__ = ["SegmentModel", "SegmentSchedule", "SegmentStepper", "segment_model_for"]
@@ -159,10 +160,8 @@ class SegmentStepper(VideoStepper, Stepper):
                 negative_prompt: str | None = None, height: int | None = None, width: int | None = None,
                 **extra) -> Request:
         """Encode the prompt; ``num_inference_steps`` is per segment, ``num_segments`` the video's length."""
-        segments = extra.get("num_segments", self.model.default_num_segments)
-        if not isinstance(segments, (int, np.integer)) or isinstance(segments, bool) or segments < 1:
-            raise ValueError(f"num_segments: must be a positive integer, got {segments!r}")
-        extra["num_segments"] = int(segments)
+        extra["num_segments"] = check_int("num_segments", extra.get("num_segments", self.model.default_num_segments),
+                                          lo=1)
         request = super().prepare(prompt, num_inference_steps, guidance_scale, negative_prompt, height, width, **extra)
         self.schedule = SegmentSchedule(self.model.schedules)  # after the base class checked one segment's length
         return request

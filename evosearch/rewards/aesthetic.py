@@ -10,8 +10,9 @@ import os
 import torch
 from torch import nn
 
+from ..core.validation import check_int
 from .base import Reward, read_checkpoint
-from .clip_backbone import _check_batch_size, load_clip
+from .clip_backbone import load_clip
 
 __all__ = ["AESTHETIC_HUB_FILENAME", "AESTHETIC_HUB_REPO", "Aesthetic", "AestheticMLP", "load_aesthetic_mlp"]
 
@@ -104,7 +105,7 @@ class Aesthetic(Reward):
 
     def __init__(self, clip_model: str = "ViT-L-14", clip_pretrained: str | os.PathLike | None = "openai",
                  mlp_path: str | os.PathLike | None = None, device=None, batch_size: int = 32):
-        self.batch_size = _check_batch_size(batch_size)
+        self.batch_size = check_int("batch_size", batch_size, lo=1)
         if mlp_path is None:
             from huggingface_hub import hf_hub_download
 

@@ -13,9 +13,10 @@ from typing import Sequence
 
 import torch
 
+from ..core.validation import check_int
 from .aesthetic import AESTHETIC_HUB_FILENAME, AESTHETIC_HUB_REPO, Aesthetic, AestheticMLP, load_aesthetic_mlp
 from .base import Reward
-from .clip_backbone import CLIPBackbone, _check_batch_size, load_clip
+from .clip_backbone import CLIPBackbone, load_clip
 
 __all__ = [
     "AESTHETIC_HUB_FILENAME",
@@ -57,7 +58,7 @@ class CLIPScore(Reward):
 
     def __init__(self, model_name: str = "ViT-B-32", pretrained: str | os.PathLike | None = "openai",
                  device=None, batch_size: int = 32):
-        self.batch_size = _check_batch_size(batch_size)
+        self.batch_size = check_int("batch_size", batch_size, lo=1)
         self.model_name = model_name
         self.pretrained = pretrained
         self.clip = load_clip(model_name, pretrained, device)

@@ -40,12 +40,6 @@ def _resolve_device(device) -> torch.device:
         raise ValueError(f"device: not a valid torch device: {device!r}") from e
 
 
-def _check_batch_size(batch_size) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
-    return batch_size
-
-
 def _looks_like_path(s: str) -> bool:
     return (
         os.sep in s

@@ -19,9 +19,9 @@ import copy
 import os
 from collections import OrderedDict
 
-
+from ..core.validation import check_choice, check_int
 from .clip import CLIPScore
-from .clip_backbone import _check_batch_size, load_clip
+from .clip_backbone import load_clip
 
 __all__ = ["HPS_HUB_FILENAMES", "HPS_HUB_REPO", "HPSv2"]
 
@@ -55,9 +55,8 @@ class HPSv2(CLIPScore):
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, model_name: str = "ViT-H-14", device=None,
                  version: str = "v2.1", batch_size: int = 16):
-        if version not in HPS_HUB_FILENAMES:
-            raise ValueError(f"version: expected one of {sorted(HPS_HUB_FILENAMES)}, got {version!r}")
-        self.batch_size = _check_batch_size(batch_size)
+        check_choice("version", version, sorted(HPS_HUB_FILENAMES))
+        self.batch_size = check_int("batch_size", batch_size, lo=1)
         if checkpoint is None:
             from huggingface_hub import hf_hub_download
 

@@ -28,8 +28,9 @@ from typing import Sequence
 
 import torch
 
+from ..core.validation import check_choice, check_int
 from .base import Reward
-from .clip_backbone import _check_batch_size, _resolve_device
+from .clip_backbone import _resolve_device
 from .imagereward_model import ImageRewardModel, _prepare_tokenizer, load_imagereward_builtin
 from .pickscore import TensorImagePreprocess
 
@@ -103,9 +104,8 @@ class ImageReward(Reward):
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, med_config=None, device=None,
                  batch_size: int = 16, tokenizer=IMAGEREWARD_TOKENIZER, backend: str = "auto"):
-        if backend not in BACKENDS:
-            raise ValueError(f"backend: expected one of {list(BACKENDS)}, got {backend!r}")
-        self.batch_size = _check_batch_size(batch_size)
+        check_choice("backend", backend, BACKENDS)
+        self.batch_size = check_int("batch_size", batch_size, lo=1)
         dev = _resolve_device(device)
         if checkpoint is not None:
             if isinstance(checkpoint, os.PathLike):

@@ -24,9 +24,10 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..core.validation import check_int
 from .base import Reward
 from .clip import CLIPScore
-from .clip_backbone import CLIPBackbone, _check_batch_size, _resolve_device, _to_pair
+from .clip_backbone import CLIPBackbone, _resolve_device, _to_pair
 
 __all__ = ["PICKSCORE_MODEL", "PICKSCORE_PROCESSOR", "PickScore", "TensorImagePreprocess"]
 
@@ -183,7 +184,7 @@ class PickScore(Reward):
                  processor: str | os.PathLike = PICKSCORE_PROCESSOR, device=None, batch_size: int = 16):
         from transformers import CLIPModel, CLIPProcessor
 
-        self.batch_size = _check_batch_size(batch_size)
+        self.batch_size = check_int("batch_size", batch_size, lo=1)
         dev = _resolve_device(device)
         proc = _from_pretrained(CLIPProcessor, processor, "processor")
         net = _from_pretrained(CLIPModel, model, "model")

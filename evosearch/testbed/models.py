@@ -13,6 +13,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
+from ..core.validation import check_choice
 from .mixture import GaussianMixture, _posterior_mean
 
 __all__ = ["GaussianMixtureModelOutput", "GaussianMixtureUNet", "GaussianMixtureTransformer"]
@@ -75,8 +76,7 @@ class GaussianMixtureUNet(_MixtureModel):
                  beta_start: float = 0.0001, beta_end: float = 0.02, beta_schedule: str = "linear",
                  in_channels: int = 1, out_channels: int = 1, sample_size=None):
         super().__init__()
-        if prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise ValueError(f"prediction_type: must be one of epsilon, v_prediction, sample; got {prediction_type!r}")
+        check_choice("prediction_type", prediction_type, ("epsilon", "v_prediction", "sample"))
         self._init_mixture(weights, means, variances)
         sched = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
                               beta_schedule=beta_schedule)

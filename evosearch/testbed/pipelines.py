@@ -11,6 +11,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, FlowMatch
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..core.validation import check_choice
 from .layout import samples_from
 from .mixture import GaussianMixture
 from .models import GaussianMixtureTransformer, GaussianMixtureUNet
@@ -140,24 +141,21 @@ def gaussian_mixture_pipeline(mixture: GaussianMixture, family: str = "diffusion
     t = 999 and the last one lands on alpha_bar = 1. Flow defaults:
     FlowMatchEulerDiscreteScheduler() (shift 1, sigmas 1 -> 0.001 -> 0).
     """
+    check_choice("family", family, ("diffusion", "flow"))
     if family == "diffusion":
         kwargs = {"beta_schedule": "linear", "clip_sample": False, "prediction_type": prediction_type,
                   "timestep_spacing": "trailing", **scheduler_kwargs}
-        if scheduler == "ddim":
+        if check_choice("scheduler", scheduler, ("ddim", "ddpm")) == "ddim":
             sched = DDIMScheduler(set_alpha_to_one=True, **kwargs)
-        elif scheduler == "ddpm":
-            sched = DDPMScheduler(**kwargs)
         else:
-            raise ValueError(f"scheduler: must be 'ddim' or 'ddpm', got {scheduler!r}")
+            sched = DDPMScheduler(**kwargs)
         unet = GaussianMixtureUNet.from_mixture(mixture, sched)
         pipe = GaussianMixtureDiffusionPipeline(unet=unet if dtype == torch.float32 else unet.to(dtype),
                                                 scheduler=sched)
-    elif family == "flow":
+    else:
         sched = FlowMatchEulerDiscreteScheduler(**scheduler_kwargs)
         transformer = GaussianMixtureTransformer.from_mixture(mixture, sched)
         pipe = GaussianMixtureFlowPipeline(transformer=transformer if dtype == torch.float32 else transformer.to(dtype),
                                            scheduler=sched)
-    else:
-        raise ValueError(f"family: must be 'diffusion' or 'flow', got {family!r}")
     pipe.set_progress_bar_config(disable=True)
     return pipe
