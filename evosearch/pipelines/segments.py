@@ -2,7 +2,7 @@
 
 Two layers:
 
-* :class:`SegmentModel` — what a model must provide to continue a video: per request
+* :class:`~evosearch.pipelines.segment_model.SegmentModel` — what a model must provide to continue a video: per request
   (``prepare``) the per-segment noise schedule and latent shape, the conditioning of the
   next segment from the finished ones (``context``), one denoising prediction of one
   segment (``predict``) and the decoding of segments into frames (``decode``).
@@ -39,59 +39,11 @@ from ..core.records import Request
 from ..core.stepper import Stepper
 from ..core.schedule import NoiseSchedule
 from ..core.validation import check_int
+from .segment_model import SegmentModel
 from .video import VideoStepper
+from .wan_i2v import WanI2VSegments
 
-__all__ = ["SegmentModel", "SegmentSchedule", "SegmentStepper", "segment_model_for"]
-
-
-class SegmentModel:
-    """The segment-continuation interface (subclass it, or provide the same attributes).
-
-    After :meth:`prepare`:
-      - ``schedules``: one :class:`NoiseSchedule` per segment (same length T), usually the same one
-      - ``segment_shape``: the latent shape of one segment
-      - ``num_segments``: S
-    and
-      - :meth:`context` ``(prefix)`` — conditioning of segment d from the finished segments
-        ``prefix`` (n, d, *segment_shape); ``d == 0`` for the first segment. Returns anything the
-        model's :meth:`predict` understands with n rows (a dict of tensors), or None.
-      - :meth:`predict` ``(x, d, j, context)`` — (x0_hat, eps_hat) of segment d's latents x
-        (n, *segment_shape) at its step j. One network pass per row (with CFG inside).
-      - :meth:`decode` ``(segments)`` — frames (n, F, C, H, W) in [0, 1] of the finished segments
-        (n, d, *segment_shape), joined into one clip (segments that repeat their conditioning
-        frame drop it).
-    ``pipe`` (the diffusers pipeline, for the device), ``denoiser`` (its network) and the
-    defaults ``default_num_inference_steps`` / ``default_guidance_scale`` / ``default_num_segments``
-    complete it.
-    """
-
-    pipe = None
-    schedules: list[NoiseSchedule]
-    segment_shape: tuple[int, ...]
-    num_segments: int
-    default_num_inference_steps: int = 50
-    default_guidance_scale: float = 5.0
-    default_num_segments: int = 4
-    #: the context depends on the last this-many finished segments only (for the cache)
-    context_segments: int = 1
-    #: computing a context decodes the previous segment (counted in the Stepper's decode_calls)
-    context_decodes: bool = False
-
-    @property
-    def denoiser(self) -> torch.nn.Module:
-        raise NotImplementedError
-
-    def prepare(self, request: Request, eta: float) -> None:
-        raise NotImplementedError
-
-    def context(self, prefix: torch.Tensor):
-        raise NotImplementedError
-
-    def predict(self, x: torch.Tensor, d: int, j: int, context) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
-
-    def decode(self, segments: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+__all__ = ["SegmentModel", "SegmentSchedule", "SegmentStepper", "WanI2VSegments", "segment_model_for"]
 
 
 class SegmentSchedule(NoiseSchedule):
@@ -259,16 +211,5 @@ def segment_model_for(pipe) -> SegmentModel | None:
     except ImportError:  # pragma: no cover
         return None
     if isinstance(pipe, WanImageToVideoPipeline):
-        from .wan_i2v import WanI2VSegments
-
         return WanI2VSegments(pipe)
     return None
-
-
-def __getattr__(name: str):
-    # WanI2VSegments lives in .wan_i2v (it subclasses SegmentModel above); importable from here as before
-    if name == "WanI2VSegments":
-        from .wan_i2v import WanI2VSegments
-
-        return WanI2VSegments
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

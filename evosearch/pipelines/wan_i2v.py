@@ -1,5 +1,5 @@
 """Wan image-to-video segments: :class:`WanI2VSegments`, the
-:class:`~evosearch.pipelines.segments.SegmentModel` of diffusers' ``WanImageToVideoPipeline``,
+:class:`~evosearch.pipelines.segment_model.SegmentModel` of diffusers' ``WanImageToVideoPipeline``,
 driven by :class:`~evosearch.pipelines.segments.SegmentStepper` (see :mod:`evosearch.pipelines.segments`).
 """
 
@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..core.records import Request
-from .segments import SegmentModel
+from .segment_model import SegmentModel
 
 __all__ = ["WanI2VSegments"]
 
