@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .core.validation import check_choice, check_number
 from .io import atomic_path
 
 __all__ = ["export_video", "has_ffmpeg", "frames_to_uint8", "VIDEO_FORMATS"]
@@ -86,12 +87,10 @@ def export_video(frames: Sequence[Image.Image] | torch.Tensor | np.ndarray, path
     """
     import imageio.v2 as imageio
 
-    if not fps or fps <= 0:
-        raise ValueError(f"fps: must be positive, got {fps!r}")
+    check_number("fps", fps, lo=0, lo_open=True)
     path = Path(path)
-    fmt = (format or path.suffix.lstrip(".") or "mp4").lower()
-    if fmt not in VIDEO_FORMATS:
-        raise ValueError(f"format: expected one of {VIDEO_FORMATS} (or a path ending in .mp4/.gif), got {fmt!r}")
+    fmt = check_choice("format", (format or path.suffix.lstrip(".") or "mp4").lower(), VIDEO_FORMATS,
+                       hint=" (or a path ending in .mp4/.gif)")
     if fmt == "mp4" and not has_ffmpeg():
         fmt, path = "gif", path.with_suffix(".gif")
     arr = _enlarge(frames_to_uint8(frames), min_size, 16 if fmt == "mp4" else 1)

@@ -489,7 +489,7 @@ def test_imagereward_errors_name_the_parameter(ir, tmp_path):
         ImageReward(checkpoint=tmp_path / "nope.pt", med_config=ir["med"], device="cpu", backend="builtin")
     with pytest.raises(FileNotFoundError, match="med_config.*absent.json"):
         _ir(ir, med_config=tmp_path / "absent.json")
-    with pytest.raises(ValueError, match="backend.*'auto', 'package', 'builtin'"):
+    with pytest.raises(ValueError, match="backend.*auto, package, builtin.*timm"):
         _ir(ir, backend="timm")
     # a missing weight, named by its checkpoint key
     sd = dict(ir["sd"])

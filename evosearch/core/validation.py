@@ -68,10 +68,10 @@ def check_number(name: str, value, lo: float | None = None, hi: float | None = N
     return float(value)
 
 
-def check_choice(name: str, value, choices: Iterable) -> Any:
+def check_choice(name: str, value, choices: Iterable, hint: str = "") -> Any:
     choices = tuple(choices)
     if isinstance(value, bool) or value not in choices:
-        raise ParameterError(f"{name}: must be one of {', '.join(map(str, choices))}, got {describe(value)}")
+        raise ParameterError(f"{name}: must be one of {', '.join(map(str, choices))}{hint}, got {describe(value)}")
     return value
 
 

@@ -40,6 +40,7 @@ import torch
 from ..core.records import Request
 from ..core.stepper import Stepper
 from ..core.schedule import NoiseSchedule
+from ..core.validation import check_choice, check_number
 
 PARAMETERIZATIONS = ("ve", "flow")
 
@@ -48,8 +49,7 @@ def kdiffusion_schedule(sigmas, parameterization: str = "ve", eta: float = 1.0) 
     """The NoiseSchedule of k-diffusion ``sigmas`` (n + 1 values, decreasing, the last 0):
     ``a = 1 / sqrt(1 + sigma^2), s = sigma / sqrt(1 + sigma^2)`` for ``"ve"``, ``a = 1 - sigma, s = sigma``
     for ``"flow"``; ``timesteps`` are the sigmas the denoiser is called with (the first n)."""
-    if parameterization not in PARAMETERIZATIONS:
-        raise ValueError(f"parameterization: must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
+    check_choice("parameterization", parameterization, PARAMETERIZATIONS)
     sig = (sigmas.detach().to("cpu", torch.float64) if isinstance(sigmas, torch.Tensor)
            else torch.as_tensor(sigmas, dtype=torch.float64)).reshape(-1)
     if sig.numel() < 2:
@@ -130,9 +130,7 @@ class KDiffusionStepper(Stepper):
         if not shape or any(d < 1 for d in shape):
             raise ValueError(f"latent_shape: expected positive dimensions (without the batch), "
                              f"got {tuple(latent_shape)}")
-        g = float(guidance_scale)
-        if not math.isfinite(g) or g < 0:
-            raise ValueError(f"guidance_scale: must be a finite number >= 0, got {guidance_scale!r}")
+        g = check_number("guidance_scale", guidance_scale, lo=0)
         dev = torch.device(device) if device is not None else torch.device("cpu")
         model = KDiffusionModel(denoise=denoise, decode=decode, device=dev, dtype=dtype, name=str(name))
         super().__init__(model, max_batch_size=max_batch_size, eta=eta)

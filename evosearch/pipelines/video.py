@@ -53,6 +53,7 @@ import torch
 
 from ..core.records import Request
 from ..core.stepper import Stepper
+from ..core.validation import ParameterError, check_int
 from .diffusion import DiffusionStepper, vp_schedule
 from .flow import FlowStepper, flow_schedule
 
@@ -123,9 +124,10 @@ def video_size(pipe, request: Request, multiple: int, temporal: int,
         raise ValueError(f"height/width: must be multiples of {multiple}, got {height}x{width}")
     frames = request.extra.get("num_frames") or getattr(pipe, "default_num_frames", None) or _call_default(
         pipe, "num_frames", 49)
-    if not isinstance(frames, (int, np.integer)) or frames < 1 or (frames - 1) % temporal:
-        raise ValueError(f"num_frames: must be 1 + a multiple of the VAE's temporal factor {temporal} "
-                         f"(e.g. {temporal + 1}, {2 * temporal + 1}), got {frames!r}")
+    rule = f"1 + a multiple of the VAE's temporal factor {temporal} (e.g. {temporal + 1}, {2 * temporal + 1})"
+    frames = check_int("num_frames", frames, lo=1, hint=f" and {rule}")
+    if (frames - 1) % temporal:
+        raise ParameterError(f"num_frames: must be {rule}, got {frames!r}")
     request.height, request.width = int(height), int(width)
     request.extra["num_frames"] = int(frames)
     return int(height), int(width), int(frames)

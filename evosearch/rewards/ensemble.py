@@ -32,11 +32,11 @@ CLIPScore ~10x smaller, or rescale the reward by a fixed factor (a FunctionRewar
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 
+from ..core.validation import check_choice, check_number
 from .base import ImagesLike, Reward, as_reward, broadcast_prompts, is_video_batch, to_tensor_images, to_tensor_videos
 
 __all__ = ["Ensemble", "NORMALIZE_MODES", "rank_normalize", "zscore_normalize"]
@@ -132,13 +132,10 @@ class Ensemble(Reward):
                 w = float(w)
             except (TypeError, ValueError):
                 raise ValueError(f"weights: weight {i} is not a number: {w!r}") from None
-            if not math.isfinite(w) or w < 0:
-                raise ValueError(f"weights: weights must be finite and non-negative, weight {i} is {w}")
-            clean.append(w)
+            clean.append(check_number("weights", w, lo=0, hint=f" (weight {i})"))
         if not any(w > 0 for w in clean):
             raise ValueError("weights: at least one weight must be positive, all are 0")
-        if normalize not in NORMALIZE_MODES:
-            raise ValueError(f"normalize: expected one of {list(NORMALIZE_MODES)}, got {normalize!r}")
+        check_choice("normalize", normalize, NORMALIZE_MODES)
 
         self.rewards = [as_reward(r) for r in rewards]
         self.weights = clean

@@ -2,7 +2,7 @@
 
 The release files are torch checkpoints ``{"state_dict": <open_clip CLIP state dict>}``
 (``HPS_v2_compressed.pt``, ``HPS_v2.1_compressed.pt``) in the hub repo ``xswu/HPSv2``. They
-load into open_clip's own ``ViT-H-14`` through :func:`evosearch.rewards.clip.load_clip` (open_clip
+load into open_clip's own ``ViT-H-14`` through :func:`evosearch.rewards.clip_backbone.load_clip` (open_clip
 unwraps ``state_dict`` and strips ``module.``), so HPSv2 shares the CLIP backbone code,
 tokenizer and per-prompt text-embedding cache of :class:`~evosearch.rewards.clip.CLIPScore`.
 
@@ -19,8 +19,9 @@ import copy
 import os
 from collections import OrderedDict
 
-
-from .clip import CLIPScore, _check_batch_size, load_clip
+from ..core.validation import check_choice, check_int
+from .clip import CLIPScore
+from .clip_backbone import load_clip
 
 __all__ = ["HPS_HUB_FILENAMES", "HPS_HUB_REPO", "HPSv2"]
 
@@ -54,9 +55,8 @@ class HPSv2(CLIPScore):
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, model_name: str = "ViT-H-14", device=None,
                  version: str = "v2.1", batch_size: int = 16):
-        if version not in HPS_HUB_FILENAMES:
-            raise ValueError(f"version: expected one of {sorted(HPS_HUB_FILENAMES)}, got {version!r}")
-        self.batch_size = _check_batch_size(batch_size)
+        check_choice("version", version, sorted(HPS_HUB_FILENAMES))
+        self.batch_size = check_int("batch_size", batch_size, lo=1)
         if checkpoint is None:
             from huggingface_hub import hf_hub_download
 

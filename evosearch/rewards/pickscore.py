@@ -9,7 +9,7 @@ The score is what the authors compute::
     score      = model.logit_scale.exp() * (image_embs * text_embs).sum(-1)
 
 Images are preprocessed with torch ops on the (N, 3, H, W) [0, 1] tensors — the same code
-path as :meth:`evosearch.rewards.clip.CLIPBackbone.preprocess` (via
+path as :meth:`evosearch.rewards.clip_backbone.CLIPBackbone.preprocess` (via
 :class:`TensorImagePreprocess`), configured from the processor's ``size`` / ``crop_size`` /
 ``image_mean`` / ``image_std`` / ``resample`` — instead of the processor's PIL pipeline.
 """
@@ -24,8 +24,10 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..core.validation import check_int
 from .base import Reward
-from .clip import CLIPBackbone, CLIPScore, _check_batch_size, _resolve_device, _to_pair
+from .clip import CLIPScore
+from .clip_backbone import CLIPBackbone, _resolve_device, _to_pair
 
 __all__ = ["PICKSCORE_MODEL", "PICKSCORE_PROCESSOR", "PickScore", "TensorImagePreprocess"]
 
@@ -182,7 +184,7 @@ class PickScore(Reward):
                  processor: str | os.PathLike = PICKSCORE_PROCESSOR, device=None, batch_size: int = 16):
         from transformers import CLIPModel, CLIPProcessor
 
-        self.batch_size = _check_batch_size(batch_size)
+        self.batch_size = check_int("batch_size", batch_size, lo=1)
         dev = _resolve_device(device)
         proc = _from_pretrained(CLIPProcessor, processor, "processor")
         net = _from_pretrained(CLIPModel, model, "model")

@@ -11,11 +11,13 @@ frames are, and :class:`~evosearch.rewards.Ensemble` combines them::
 
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from ..core.validation import check_choice, check_int
 from .base import Reward, as_reward
 
 __all__ = ["FrameReward", "TemporalConsistency", "AGGREGATES", "frame_indices", "consecutive_similarity"]
@@ -28,10 +30,8 @@ def frame_indices(num_frames: int, frames: int | Sequence[int] | None) -> list[i
     or explicit indices (negative ones count from the end)."""
     if frames is None:
         return list(range(num_frames))
-    if isinstance(frames, int) and not isinstance(frames, bool):
-        if frames < 1:
-            raise ValueError(f"frames: must be a positive number of frames, got {frames}")
-        k = min(frames, num_frames)
+    if isinstance(frames, Integral):
+        k = min(check_int("frames", frames, lo=1, hint=" (a number of frames)"), num_frames)
         if k == 1:
             return [0]
         return sorted({round(j * (num_frames - 1) / (k - 1)) for j in range(k)})
@@ -57,12 +57,11 @@ class FrameReward(Reward):
     video_input = True
 
     def __init__(self, reward, aggregate: str = "mean", frames: int | Sequence[int] | None = None):
-        if aggregate not in AGGREGATES:
-            raise ValueError(f"aggregate: expected one of {list(AGGREGATES)}, got {aggregate!r}")
-        if frames is not None and not isinstance(frames, int):
+        check_choice("aggregate", aggregate, AGGREGATES)
+        if isinstance(frames, Integral):
+            frames = check_int("frames", frames, lo=1, hint=", None or a list of indices")
+        elif frames is not None:
             frames = [int(i) for i in frames]
-        if isinstance(frames, int) and (isinstance(frames, bool) or frames < 1):
-            raise ValueError(f"frames: must be None, a positive int or a list of indices, got {frames!r}")
         self.reward = as_reward(reward)
         self.aggregate = aggregate
         self.frames = frames

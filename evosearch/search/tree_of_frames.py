@@ -23,6 +23,7 @@ The winner's lineage (root seed, then a ``segment`` event per branching) replays
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Integral
 from typing import Sequence
 
 import numpy as np
@@ -61,9 +62,8 @@ class TreeOfFrames(SearchMethod):
     def __post_init__(self):
         check_int("roots", self.roots, lo=1, allow_none=True, hint=" (None: as many as nfe_budget allows)")
         b = self.branch_factors
-        if isinstance(b, (int, np.integer)) and not isinstance(b, bool):
-            check_int("branch_factors", int(b), lo=1)
-            b = int(b)
+        if isinstance(b, Integral):
+            b = check_int("branch_factors", b, lo=1)
         else:
             try:
                 b = tuple(int(v) for v in b)
@@ -78,9 +78,8 @@ class TreeOfFrames(SearchMethod):
             if any(d < 0 for d in prune):
                 raise ParameterError(f"prune_at: depths must be >= 0, got {list(prune)}")
             object.__setattr__(self, "prune_at", prune)
-        top_k = isinstance(self.keep, (int, np.integer)) and not isinstance(self.keep, bool) and self.keep >= 1
-        if not (self.keep in KEEP_MODES or top_k):
-            raise ParameterError(f"keep: expected 'median' or a positive int (top-k), got {self.keep!r}")
+        if not (isinstance(self.keep, str) and self.keep in KEEP_MODES):
+            check_int("keep", self.keep, lo=1, hint=" (top-k) or " + " / ".join(map(repr, KEEP_MODES)))
 
     # -- planning ----------------------------------------------------------------
     def kept(self, n: int) -> int:

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...core.validation import check_choice
+
 IMAGE_SIZE = 16
 SPLIT_SEED = 0
 NUM_TRAIN = 1200
@@ -33,13 +35,9 @@ def load_digits_images(split: str = "all", size: int = IMAGE_SIZE) -> tuple[torc
     """(images (N, 1, size, size) in [0, 1], labels (N,)) of ``load_digits``; split in {"all", "train", "test"}."""
     from sklearn.datasets import load_digits
 
+    check_choice("split", split, ("all", "train", "test"))
     d = load_digits()
-    if split == "all":
-        idx = np.arange(len(d.target))
-    elif split in ("train", "test"):
-        idx = digits_split()[0 if split == "train" else 1]
-    else:
-        raise ValueError(f"split: expected one of 'all', 'train', 'test', got {split!r}")
+    idx = np.arange(len(d.target)) if split == "all" else digits_split()[0 if split == "train" else 1]
     return digits_to_images(d.images[idx], size), torch.as_tensor(d.target[idx], dtype=torch.long)
 
 

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
+from ...core.validation import check_choice, check_int, check_number
 from ..paths import asset_path
 from .prompt import NULL_CLASS_LABEL, parse_digit
 
@@ -106,20 +106,12 @@ class DigitsPipeline(DiffusionPipeline):
         prompts = list(prompt) if isinstance(prompt, (list, tuple)) else [prompt]
         if not prompts:
             raise ValueError("prompt: expected at least one prompt, got an empty list")
-        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt: expected an int >= 1, got {num_images_per_prompt!r}")
-        steps = self.default_num_inference_steps if num_inference_steps is None else num_inference_steps
-        if not isinstance(steps, int) or not 1 <= steps <= self.scheduler.config.num_train_timesteps:
-            raise ValueError(
-                f"num_inference_steps: expected an int in 1..{self.scheduler.config.num_train_timesteps}, got {steps!r}"
-            )
-        g = float(self.default_guidance_scale if guidance_scale is None else guidance_scale)
-        if not np.isfinite(g):
-            raise ValueError(f"guidance_scale: expected a finite float, got {guidance_scale!r}")
-        if not 0.0 <= float(eta) <= 1.0:
-            raise ValueError(f"eta: expected a float in [0, 1], got {eta!r}")
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"output_type: expected one of 'pil', 'np', 'pt', got {output_type!r}")
+        check_int("num_images_per_prompt", num_images_per_prompt, lo=1)
+        steps = check_int("num_inference_steps", self.default_num_inference_steps if num_inference_steps is None
+                          else num_inference_steps, lo=1, hi=self.scheduler.config.num_train_timesteps)
+        g = check_number("guidance_scale", self.default_guidance_scale if guidance_scale is None else guidance_scale)
+        eta = check_number("eta", eta, lo=0, hi=1)
+        check_choice("output_type", output_type, ("pil", "np", "pt"))
 
         device = self._execution_device
         labels = torch.cat([self.encode_prompt(p, device) for p in prompts]).repeat_interleave(num_images_per_prompt)

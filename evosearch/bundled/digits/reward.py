@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ...core.validation import check_choice, check_int
 from ...rewards.base import Reward
 from ..paths import asset_path
 from .data import to_gray
@@ -102,12 +103,10 @@ class DigitClassifierReward(Reward):
     KINDS = ("logprob", "prob")
 
     def __init__(self, path: str | Path | None = None, target=None, kind: str = "logprob", device: str | torch.device = "cpu", batch_size: int = 512):
-        if kind not in self.KINDS:
-            raise ValueError(f"kind: expected one of {self.KINDS}, got {kind!r}")
-        self.kind = kind
+        self.kind = check_choice("kind", kind, self.KINDS)
         self.target = None if target is None else parse_digit(target)
         self.device = torch.device(device)
-        self.batch_size = int(batch_size)
+        self.batch_size = check_int("batch_size", batch_size, lo=1)
         self.path = path
         self.model = load_digit_classifier(path, device=self.device)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ...core.validation import check_choice
 from ..digits.data import digits_split
 
 CANVAS = 16
@@ -26,9 +27,8 @@ def load_digit_sprites(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    idx = {"all": np.arange(len(d.target)), "train": digits_split()[0], "test": digits_split()[1]}.get(split)
-    if idx is None:
-        raise ValueError(f"split: expected one of 'all', 'train', 'test', got {split!r}")
+    check_choice("split", split, ("all", "train", "test"))
+    idx = {"all": np.arange(len(d.target)), "train": digits_split()[0], "test": digits_split()[1]}[split]
     return (d.images[idx] / 16.0).astype(np.float32), d.target[idx].astype(np.int64)
 
 

@@ -31,6 +31,7 @@ from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DModel
 from diffusers.utils import BaseOutput
 
 from ...core.records import Request
+from ...core.validation import check_choice
 from ...pipelines.diffusion import vp_schedule
 from ...pipelines.segments import SegmentModel
 from ..digits.prompt import NULL_CLASS_LABEL, parse_digit
@@ -122,8 +123,7 @@ class MovingDigitsPipeline(DiffusionPipeline):
         steps = num_inference_steps or self.default_num_inference_steps
         g = self.default_guidance_scale if guidance_scale is None else float(guidance_scale)
         S = num_segments or self.config.num_segments
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"output_type: expected one of 'pil', 'np', 'pt', got {output_type!r}")
+        check_choice("output_type", output_type, ("pil", "np", "pt"))
         f, size = self.config.segment_frames, self.unet.config.sample_size
         device = self.unet.device
         segments, previous = [], None

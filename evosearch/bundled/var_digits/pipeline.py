@@ -12,12 +12,12 @@ which sees the model through :class:`VARDigitsAdapter`.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ...core.validation import check_choice, check_int, check_number
 from ...pipelines.var import VARAdapter, VARState, filter_logits
 from ..digits.prompt import NULL_CLASS_LABEL, parse_digit
 from .model import VARDigitsModel
@@ -154,20 +154,15 @@ class VARDigitsPipeline:
         prompts = list(prompt) if isinstance(prompt, (list, tuple)) else [prompt]
         if not prompts:
             raise ValueError("prompt: expected at least one prompt, got an empty list")
-        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt: expected an int >= 1, got {num_images_per_prompt!r}")
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"output_type: expected one of 'pil', 'np', 'pt', got {output_type!r}")
+        check_int("num_images_per_prompt", num_images_per_prompt, lo=1)
+        check_choice("output_type", output_type, ("pil", "np", "pt"))
         c = self.model.config
-        g = float(c.get("default_guidance_scale", 1.0) if guidance_scale is None else guidance_scale)
-        if not math.isfinite(g) or g < 0:
-            raise ValueError(f"guidance_scale: expected a finite float >= 0, got {guidance_scale!r}")
-        top_k = int(c.get("default_top_k", 0) if top_k is None else top_k)
-        top_p = float(c.get("default_top_p", 0.0) if top_p is None else top_p)
-        temperature = float(c.get("default_temperature", 1.0) if temperature is None else temperature)
-        if top_k < 0 or not 0 <= top_p <= 1 or temperature < 0:
-            raise ValueError(f"top_k/top_p/temperature: expected top_k >= 0, top_p in [0, 1], temperature >= 0, "
-                             f"got {top_k}, {top_p}, {temperature}")
+        g = check_number("guidance_scale", c.get("default_guidance_scale", 1.0) if guidance_scale is None
+                         else guidance_scale, lo=0)
+        top_k = check_int("top_k", c.get("default_top_k", 0) if top_k is None else top_k, lo=0)
+        top_p = check_number("top_p", c.get("default_top_p", 0.0) if top_p is None else top_p, lo=0, hi=1)
+        temperature = check_number("temperature", c.get("default_temperature", 1.0) if temperature is None
+                                   else temperature, lo=0)
         device = self.device
         labels = torch.tensor([parse_digit(p) for p in prompts], device=device).repeat_interleave(num_images_per_prompt)
         n = labels.shape[0]

@@ -4,24 +4,19 @@ token sampling, NFE / token accounting, row selection); see :mod:`evosearch.pipe
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from ...core.noise import NoiseSeeds, uniform_rows
 from ...core.records import Request
 from ...core.stepper import Stepper
+from ...core.validation import check_choice, check_int, check_number
 from .adapter import VARAdapter
 from .sampling import sample_tokens
 from .state import VARState
 
 CFG_SCHEDULES = ("constant", "linear")
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 class VARStepper(Stepper):
@@ -91,28 +86,18 @@ class VARStepper(Stepper):
         (so lineages replay with them). ``num_inference_steps`` must be None or the number of scales."""
         a = self.adapter
         K = a.num_scales
-        if num_inference_steps is not None and (not _is_int(num_inference_steps) or num_inference_steps != K):
-            raise ValueError(f"num_inference_steps: a next-scale model takes one step per scale; this one has {K} "
-                             f"scales, so pass None or {K}, got {num_inference_steps!r}")
-        g = a.default_guidance_scale if guidance_scale is None else guidance_scale
-        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:
-            raise ValueError(f"guidance_scale: must be a finite number >= 0, got {guidance_scale!r}")
-        top_k = a.default_top_k if top_k is None else top_k
-        if not _is_int(top_k) or top_k < 0:
-            raise ValueError(f"top_k: must be an integer >= 0 (0 = no top-k filter), got {top_k!r}")
-        top_p = a.default_top_p if top_p is None else top_p
-        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 <= float(top_p) <= 1.0:
-            raise ValueError(f"top_p: must be in [0, 1] (0 or 1 = no nucleus filter), got {top_p!r}")
-        temperature = a.default_temperature if temperature is None else temperature
-        if (isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature)
-                or temperature < 0):
-            raise ValueError(f"temperature: must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-        cfg_schedule = a.default_cfg_schedule if cfg_schedule is None else cfg_schedule
-        if cfg_schedule not in CFG_SCHEDULES:
-            raise ValueError(f"cfg_schedule: must be one of {', '.join(CFG_SCHEDULES)}, got {cfg_schedule!r}")
+        check_int("num_inference_steps", num_inference_steps, lo=K, hi=K, allow_none=True,
+                  hint=f" (a next-scale model takes one step per scale; this one has {K} scales)")
+        g = check_number("guidance_scale", a.default_guidance_scale if guidance_scale is None else guidance_scale, lo=0)
+        top_k = check_int("top_k", a.default_top_k if top_k is None else top_k, lo=0, hint=" (0 = no top-k filter)")
+        top_p = check_number("top_p", a.default_top_p if top_p is None else top_p, lo=0, hi=1,
+                             hint=" (0 or 1 = no nucleus filter)")
+        temperature = check_number("temperature", a.default_temperature if temperature is None else temperature,
+                                   lo=0, hint=" (0 = greedy)")
+        cfg_schedule = check_choice("cfg_schedule", a.default_cfg_schedule if cfg_schedule is None else cfg_schedule,
+                                    CFG_SCHEDULES)
         a.check_size(height, width)
-        extra = {"top_k": int(top_k), "top_p": float(top_p), "temperature": float(temperature),
-                 "cfg_schedule": cfg_schedule}
+        extra = {"top_k": top_k, "top_p": top_p, "temperature": temperature, "cfg_schedule": cfg_schedule}
         request = Request(prompt=prompt, num_inference_steps=K, guidance_scale=float(g), eta=self.eta,
                           negative_prompt=negative_prompt, height=height, width=width, extra=extra)
         with torch.no_grad():

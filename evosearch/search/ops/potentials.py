@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+
+from ...core.validation import check_choice, check_number
 
 POTENTIALS = ("diff", "max", "rt", "add")
 
@@ -27,12 +27,8 @@ class Potentials:
     """
 
     def __init__(self, kind: str, lambda_: float, n: int):
-        if kind not in POTENTIALS:
-            raise ValueError(f"potential: unknown potential {kind!r}; allowed: {', '.join(POTENTIALS)}")
-        if not math.isfinite(float(lambda_)) or float(lambda_) < 0:
-            raise ValueError(f"lambda_: must be a finite number >= 0, got {lambda_!r}")
-        self.kind = kind
-        self.lambda_ = float(lambda_)
+        self.kind = check_choice("potential", kind, POTENTIALS)
+        self.lambda_ = check_number("lambda_", lambda_, lo=0)
         self.prev = np.zeros(n)
         self.prev_lambda = self.lambda_
         self.running_max = np.full(n, -np.inf)

@@ -4,9 +4,9 @@ passed in."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+
+from ...core.validation import check_choice, check_int
 
 SCHEMES = ("multinomial", "systematic", "stratified")
 
@@ -47,10 +47,7 @@ def _check(weights, n: int | None) -> tuple[np.ndarray, int]:
     if w.ndim != 1 or len(w) == 0 or (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:
         raise ValueError(f"weights: must be a non-empty 1-D array of finite non-negative numbers, not all zero; "
                          f"got {w}")
-    n = len(w) if n is None else n
-    if not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n: must be a positive integer, got {n!r}")
-    return w / w.sum(), int(n)
+    return w / w.sum(), len(w) if n is None else check_int("n", n, lo=1)
 
 
 def _invert(w: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -85,6 +82,4 @@ RESAMPLERS = {"multinomial": multinomial, "systematic": systematic, "stratified"
 def resample(weights, scheme: str, rng: np.random.Generator, n: int | None = None) -> np.ndarray:
     """Ancestor indices (sorted, int64) by ``scheme``: each index j appears N w_j times in
     expectation for every scheme (unbiased)."""
-    if scheme not in RESAMPLERS:
-        raise ValueError(f"resampling: unknown scheme {scheme!r}; allowed: {', '.join(SCHEMES)}")
-    return RESAMPLERS[scheme](weights, rng, n)
+    return RESAMPLERS[check_choice("resampling", scheme, SCHEMES)](weights, rng, n)

@@ -7,6 +7,8 @@ import warnings
 
 import numpy as np
 
+from ...core.validation import check_int
+
 
 def elites(rewards: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k highest rewards, best first (ties keep the earlier index)."""
@@ -37,8 +39,7 @@ def kmeans_select(features: np.ndarray, k: int, random_state: int, n_init: int =
 
     X = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
     n = len(X)
-    if not 1 <= k <= n:
-        raise ValueError(f"k: must be in [1, {n}] (survivors from {n} samples), got {k}")
+    k = check_int("k", k, lo=1, hi=n, hint=f" (survivors from {n} samples)")
     if k == n:
         return np.arange(n)
     with warnings.catch_warnings():
