@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..core.validation import ParameterError, describe
+
 ImagesLike = torch.Tensor | np.ndarray | Sequence[Image.Image]
 #: videos: a tensor (N, F, C, H, W) in [0, 1], a numpy array (N, F, H, W, C) (float or uint8),
 #: or a list of N frame lists (PIL images, or (F, C, H, W) tensors)
@@ -102,6 +104,10 @@ def read_checkpoint(path: str, param: str) -> dict:
         raise ValueError(f"{param}: could not read {path} as a torch or safetensors checkpoint: {e}") from e
 
 
+class RewardError(ParameterError):
+    """A reward returned something that is not one finite number per sample; names the reward."""
+
+
 class Reward:
     """Base class. Subclasses implement :meth:`score`.
 
@@ -135,17 +141,28 @@ class Reward:
             else:  # an image reward on videos: the mean of the frames' scores
                 n, f = x.shape[:2]
                 frame_scores = self.score(x.flatten(0, 1), [p for p in prompts for _ in range(f)])
-                scores = torch.as_tensor(frame_scores, dtype=torch.float32).reshape(n, f).mean(dim=1)
+                scores = self._as_scores(frame_scores, n * f).reshape(n, f).mean(dim=1)
         else:
             x = to_tensor_images(images)
             scores = self.score(x, broadcast_prompts(prompts, x.shape[0]))
-        scores = torch.as_tensor(scores, dtype=torch.float32).detach().cpu().reshape(-1)
-        if scores.shape[0] != x.shape[0]:
-            raise ValueError(f"{self.name}: returned {scores.shape[0]} scores for {x.shape[0]} images")
+        scores = self._as_scores(scores, x.shape[0])
         if not torch.isfinite(scores).all():
             bad = [i for i, v in enumerate(scores.tolist()) if not math.isfinite(v)]
-            raise ValueError(f"{self.name}: returned non-finite scores (NaN or inf) for samples {bad}")
+            raise RewardError(f"reward: {self.name} returned non-finite scores (NaN or inf) for samples {bad}")
         return scores
+
+    def _as_scores(self, scores, n: int) -> torch.Tensor:
+        """(n,) float32 scores on the CPU, or a RewardError naming the reward and what it returned."""
+        if isinstance(scores, (str, bytes)) or scores is None:
+            raise RewardError(f"reward: {self.name} returned {describe(scores)}; expected {n} numbers (one per image)")
+        try:
+            out = torch.as_tensor(scores, dtype=torch.float32).detach().cpu().reshape(-1)
+        except (TypeError, ValueError, RuntimeError):
+            raise RewardError(f"reward: {self.name} returned {describe(scores)}; expected {n} numbers (one per "
+                              f"image)") from None
+        if out.shape[0] != n:
+            raise RewardError(f"reward: {self.name} returned {out.shape[0]} scores for {n} images")
+        return out
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..core.records import Candidate, HistoryEntry, SearchEvent, SearchStats
 from ..core.validation import check_bool, check_int, check_number
+from ..rewards.base import RewardError
 
 
 class SearchInterrupted(Exception):
@@ -31,6 +32,10 @@ class SearchStopped(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+class CallbackError(RuntimeError):
+    """The user's callback raised; the search's best so far is on the exception's ``.partial``."""
 
 
 class BudgetExceeded(RuntimeError):
@@ -143,13 +148,25 @@ class SearchContext:
 
     def emit(self, event: SearchEvent) -> None:
         if self.callback is not None:
-            self.callback(event)
+            try:
+                self.callback(event)
+            except SearchInterrupted:
+                raise
+            except Exception as err:  # the user's callback failed: say so, keep the cause
+                raise CallbackError(f"callback: raised {type(err).__name__}: {err} (on a {event.type!r} event)") \
+                    from err
 
     # -- recording ---------------------------------------------------------------
     def score(self, images) -> np.ndarray:
         """Rewards (N,) of decoded samples (counted as reward calls, timed as reward)."""
         with self.timed("reward"):
-            rewards = self.reward(images, self.prompt)
+            try:
+                rewards = self.reward(images, self.prompt)
+            except RewardError:
+                raise
+            except Exception as err:  # the user's reward failed: say which, keep the cause
+                name = getattr(self.reward, "name", type(self.reward).__name__)
+                raise RewardError(f"reward: {name} raised {type(err).__name__}: {err}") from err
         self.stats.reward_calls += len(rewards)
         return np.asarray(rewards, dtype=np.float64)
 

@@ -1,0 +1,133 @@
+"""Every unclear error and lenient input found by adversarial testing of the public API (issue 12):
+each is now a ValueError/TypeError naming the parameter, raised before any compute, and a failing
+reward or callback keeps the best so far on the exception (``.partial``)."""
+
+import pytest
+import torch
+
+from evosearch import BestOfN, EvoSearch, FunctionReward, SearchPipeline, testing
+
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def sd():
+    return testing.tiny_sd(seed=0)
+
+
+@pytest.fixture(scope="module")
+def sd_search(sd, brightness):
+    return SearchPipeline.from_pipe(sd, reward=brightness, method=BestOfN(n=2), max_batch_size=2)
+
+
+def _no_compute(search):
+    return search.stepper.nfe
+
+
+@pytest.mark.parametrize("prompt", [None, 3, b"a cat"])
+def test_prompt_must_be_a_string(sd_search, prompt):
+    nfe = _no_compute(sd_search)
+    with pytest.raises(ValueError, match="prompt: must be a string"):
+        sd_search(prompt, num_inference_steps=STEPS, progress=False)
+    assert sd_search.stepper.nfe == nfe
+
+
+@pytest.mark.parametrize("kwargs, name", [({"width": -8}, "width"), ({"height": 32.0}, "height"),
+                                          ({"height": 0}, "height"), ({"nfe_budget": True}, "nfe_budget"),
+                                          ({"seed": -1}, "seed"), ({"output_type": "jpg"}, "output_type"),
+                                          ({"callback": 3}, "callback"), ({"method": 42}, "method"),
+                                          ({"method": EvoSearch}, "method"), ({"num_inference_steps": 0},
+                                                                            "num_inference_steps")])
+def test_bad_arguments_name_the_parameter(sd_search, kwargs, name):
+    nfe = _no_compute(sd_search)
+    args = {"num_inference_steps": STEPS, "progress": False, **kwargs}
+    with pytest.raises((ValueError, TypeError), match=rf"^{name}: "):
+        sd_search("a cat", **args)
+    assert sd_search.stepper.nfe == nfe
+
+
+def test_constructor_arguments(sd, brightness):
+    with pytest.raises(ValueError, match="^max_batch_size: "):
+        SearchPipeline.from_pipe(sd, reward=brightness, max_batch_size=True)
+    with pytest.raises(TypeError, match="^method: pass an instance such as EvoSearch()"):
+        SearchPipeline.from_pipe(sd, reward=brightness, method=EvoSearch)
+    with pytest.raises(TypeError, match="^reward: "):
+        SearchPipeline.from_pipe(sd, reward=42)
+    with pytest.raises(ValueError, match="^judge: "):
+        SearchPipeline.from_pipe(sd, reward=brightness, judge=42)
+
+
+@pytest.mark.parametrize("returned", [None, "high", ["a", "b"], [1.0]])
+def test_a_reward_returning_garbage_is_named(sd, returned):
+    bad = FunctionReward(lambda images, prompts: returned, name="my_reward")
+    search = SearchPipeline.from_pipe(sd, reward=bad, method=BestOfN(n=2), max_batch_size=2)
+    with pytest.raises(ValueError, match="^reward: my_reward returned"):
+        search("a cat", num_inference_steps=STEPS, progress=False)
+
+
+def test_a_failing_reward_keeps_the_best_so_far(pixel_pipe):
+    calls = []
+
+    def flaky(images, prompts):
+        calls.append(len(images))
+        if len(calls) == 2:
+            raise RuntimeError("the scoring server went away")
+        return images.mean(dim=(1, 2, 3))
+
+    search = SearchPipeline.from_pipe(pixel_pipe, reward=FunctionReward(flaky, name="flaky"), method=BestOfN(n=4),
+                                      max_batch_size=2)
+    with pytest.raises(ValueError, match="reward: flaky raised RuntimeError: the scoring server went away") as err:
+        search("", num_inference_steps=STEPS, progress=False, output_type="pt")
+    partial = err.value.partial
+    assert not partial.complete and partial.best is not None and len(partial.rewards) == 2
+    assert partial.stats.stopped.startswith("error")
+
+
+def test_a_failing_callback_keeps_the_best_so_far(pixel_pipe, brightness):
+    def callback(event):
+        if event.type == "generation":
+            raise KeyError("ui gone")
+
+    search = SearchPipeline.from_pipe(pixel_pipe, reward=brightness, method=BestOfN(n=4), max_batch_size=2)
+    with pytest.raises(RuntimeError, match="callback: raised KeyError") as err:
+        search("", num_inference_steps=STEPS, progress=False, callback=callback)
+    assert err.value.partial.best is not None
+
+
+def test_replay_refuses_another_model_and_broken_lineages(pixel_pipe, brightness):
+    from diffusers import DDPMPipeline
+
+    search = SearchPipeline.from_pipe(pixel_pipe, reward=brightness, method=EvoSearch(
+        evolution_schedule=[0, 2], population_schedule=[4, 3, 3], elite_size=1), max_batch_size=4)
+    out = search("", seed=1, num_inference_steps=STEPS, progress=False, output_type="pt")
+    lineage = out.best.lineage.to_dict()
+    assert lineage["model"]["pipeline"] == "DDPMPipeline" and "weights" in lineage["model"]
+    other_unet = type(pixel_pipe.unet).from_config(pixel_pipe.unet.config).eval()  # same config, other weights
+    other = SearchPipeline.from_pipe(DDPMPipeline(unet=other_unet, scheduler=pixel_pipe.scheduler),
+                                     reward=brightness)
+    with pytest.raises(ValueError, match="^lineage: was made by another model"):
+        other.replay(lineage)
+    for broken, why in ((None, "expected a Lineage"), ({}, "expected a Lineage"), ({"events": []}, "expected"),
+                        ({"request": lineage["request"], "events": [{"kind": "init"}]}, "event 0"),
+                        ({**lineage, "events": lineage["events"][::-1]}, "lineage: "),
+                        ({**lineage, "events": lineage["events"] + [{"kind": "keep", "step": 99, "seed": 1}]},
+                         "outside"),
+                        ({**lineage, "events": lineage["events"] + [{"kind": "warp", "step": 3, "seed": 1}]},
+                         "kind 'warp'")):
+        with pytest.raises(ValueError, match=why):
+            search.replay(broken)
+    torch.testing.assert_close(search.replay(lineage, output_type="pt"), out.best.image, atol=1 / 255, rtol=0)
+
+
+def test_bad_method_hyperparameters_name_the_parameter():
+    from evosearch import ParticleSearch, PathSearch, ZeroOrderSearch
+
+    for make, name in ((lambda: BestOfN(n=True), "n"), (lambda: BestOfN(n=2.0), "n"),
+                       (lambda: EvoSearch(mutation_rate=0), "mutation_rate"),
+                       (lambda: EvoSearch(intermediate_mutation="gauss"), "intermediate_mutation"),
+                       (lambda: ZeroOrderSearch(lambda_=1.0), "lambda_"),
+                       (lambda: PathSearch(search_steps=[3, 2]), "search_steps"),
+                       (lambda: ParticleSearch(potential="sum"), "potential"),
+                       (lambda: ParticleSearch(tempering="yes"), "tempering")):
+        with pytest.raises((ValueError, TypeError), match=rf"^{name}: "):
+            make()
