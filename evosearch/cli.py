@@ -46,7 +46,7 @@ def write_outputs(out, out_dir: Path, label: str, fps: float = 8.0, reward_name:
     from the same seeds), rewards.png (reward vs NFE from NFE 0), record.json (with the judge's
     verdict and warnings, paths relative to ``out_dir``); for video models also best.mp4 (best.gif
     without imageio-ffmpeg), whose first frame is best.png; each written atomically."""
-    from .io import atomic_write_json, image_grid, plot_reward_vs_nfe, portable, save_image
+    from .io import atomic_write_json, image_grid, plot_reward_vs_nfe, save_image
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -64,7 +64,7 @@ def write_outputs(out, out_dir: Path, label: str, fps: float = 8.0, reward_name:
                                            title=f"{label}: best reward {out.best.reward:.4g}")
     record = {**(extra or {}), **out.to_record(),
               "files": {k: Path(p).relative_to(out_dir).as_posix() for k, p in paths.items()}}
-    paths["record"] = atomic_write_json(out_dir / "record.json", portable(record, out_dir))
+    paths["record"] = atomic_write_json(out_dir / "record.json", record)
     return paths
 
 

@@ -46,7 +46,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike, obj) -> Path:
-    return atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+    """Write ``obj`` as JSON, atomically, with every absolute path made portable (:func:`portable`,
+    relative to the file's folder): a shared record never reveals the folder it was made in."""
+    text = json.dumps(obj, indent=2, default=_json_default)
+    return atomic_write_bytes(path, (json.dumps(portable(json.loads(text), Path(path).parent), indent=2) + "\n").encode())
 
 
 def _json_default(o):

@@ -131,3 +131,20 @@ def test_bad_method_hyperparameters_name_the_parameter():
                        (lambda: ParticleSearch(tempering="yes"), "tempering")):
         with pytest.raises((ValueError, TypeError), match=rf"^{name}: "):
             make()
+
+
+def test_records_never_hold_absolute_paths(tmp_path):
+    """Every JSON record is written through io.atomic_write_json, which names bundled assets by name and
+    other files relative to the record's folder (nested in reprs too); prompts stay as typed."""
+    import json
+
+    from evosearch.bundled.paths import asset_path
+    from evosearch.io import atomic_write_json
+
+    classifier = asset_path("digits", "classifier")
+    record = {"reward": f"DigitClassifierReward(path=PosixPath('{classifier}'))",
+              "files": [str(tmp_path / "run" / "best.png")], "prompt": "/home/me is a prompt"}
+    written = json.loads(atomic_write_json(tmp_path / "run" / "record.json", record).read_text())
+    assert written["reward"] == "DigitClassifierReward(path=PosixPath('bundled:digits/classifier'))"
+    assert written["files"] == ["best.png"] and written["prompt"] == "/home/me is a prompt"
+    assert str(tmp_path) not in json.dumps(written)
