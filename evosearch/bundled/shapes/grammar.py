@@ -157,8 +157,10 @@ def sample_spec(rng: np.random.Generator, category: str | None = None) -> SceneS
 
 
 def benchmark_prompts(per_category: int = 8, seed: int = 2024) -> list[tuple[str, str]]:
-    """A fixed list of (category, prompt): ``per_category`` distinct prompts of each of the six
-    categories (48 by default), drawn with ``seed`` (the same list on every machine)."""
+    """A fixed list of (category, prompt): ``per_category`` distinct prompts of each category (all 3
+    of single_object), drawn with ``seed`` — the same list on every machine. As in GenEval, counting
+    prompts ask for two, three and four objects in turn, and position prompts cycle through the
+    four relations."""
     rng = np.random.default_rng(seed)
     out: list[tuple[str, str]] = []
     for category in CATEGORIES:
@@ -167,8 +169,11 @@ def benchmark_prompts(per_category: int = 8, seed: int = 2024) -> list[tuple[str
             if len(seen) == per_category:
                 break
             spec = sample_spec(rng, category)
-            if category == "counting" and len(spec.objects) == 1:
-                continue  # "one circle" is the single-object task again
+            if category == "counting":
+                n = 2 + len(seen) % 3
+                spec = SceneSpec(category, (spec.objects[0],) * n)
+            elif category == "position":
+                spec = SceneSpec(category, spec.objects, RELATIONS[len(seen) % len(RELATIONS)])
             p = spec.prompt()
             if p not in seen:
                 seen.append(p)
