@@ -53,23 +53,41 @@ def diversity(images: list[torch.Tensor]) -> float:
     return float(np.mean(d))
 
 
-def cell(search, prompts, seeds, method, k, steps) -> list[dict]:
-    """One (method, K) cell over prompts x seeds: per prompt, the winners' reward and verdicts."""
-    out_rows = []
+def winners(search, prompt, seed, method, ks, steps) -> dict[int, tuple]:
+    """{K: (reward, image, nfe)} of the winner at each budget K. Best-of-N is searched once at the
+    largest K: BestOfN(n=K) draws the first K seeds of the same sequence, so best-of-K is the best of
+    the first K candidates of best-of-max(K) (the same numbers, a quarter of the compute)."""
+    if method.name == "best-of-n":
+        top = max(ks)
+        out = search(prompt, seed=seed, num_inference_steps=steps, method=type(method)(n=top), output_type="pt",
+                     progress=False)
+        in_order = [r for h in out.history for r in h["rewards"]]  # candidates in seed order
+        result = {}
+        for k in ks:
+            r = max(in_order[:k])
+            result[k] = (r, out.images[out.rewards.index(r)], k * steps)
+        return result
+    result = {}
+    for k in ks:
+        out = search(prompt, seed=seed, num_inference_steps=steps, nfe_budget=k * steps, method=method,
+                     output_type="pt", progress=False)
+        result[k] = (out.best.reward, out.best.image, out.stats.nfe)
+    return result
+
+
+def cells(search, judge, prompts, seeds, method, ks, steps) -> dict[int, list[dict]]:
+    """{K: per-prompt rows} of one method over prompts x seeds: the winners' reward, verdicts, diversity."""
+    rows = {k: [] for k in ks}
     for category, prompt in prompts:
-        rewards, correct, valid, images, nfe = [], [], [], [], []
-        for seed in seeds:
-            out = search(prompt, seed=seed, num_inference_steps=steps, nfe_budget=k * steps, method=method,
-                         output_type="pt", progress=False)
-            rewards.append(out.best.reward)
-            correct.append(bool(out.judge["best"]["correct"]))
-            valid.append(bool(out.judge["best"]["valid"]))
-            images.append(out.best.image)
-            nfe.append(out.stats.nfe)
-        out_rows.append({"category": category, "prompt": prompt, "reward": float(np.mean(rewards)),
-                         "judge": float(np.mean(correct)), "valid": float(np.mean(valid)),
-                         "diversity": diversity(images), "nfe": float(np.mean(nfe)), "n": len(seeds)})
-    return out_rows
+        found = [winners(search, prompt, seed, method, ks, steps) for seed in seeds]
+        for k in ks:
+            rewards, images, nfe = zip(*(w[k] for w in found))
+            verdicts = judge(torch.stack(list(images)), prompt)
+            rows[k].append({"category": category, "prompt": prompt, "reward": float(np.mean(rewards)),
+                            "judge": float(np.mean([v["correct"] for v in verdicts])),
+                            "valid": float(np.mean([v["valid"] for v in verdicts])),
+                            "diversity": diversity(list(images)), "nfe": float(np.mean(nfe)), "n": len(seeds)})
+    return rows
 
 
 def summarize(per_prompt: list[dict], method: str, k: int, variant: str) -> list[dict]:
@@ -115,25 +133,32 @@ def main(argv=None):
         key, _, value = kv.partition("=")
         options.setdefault(m, {})[key] = ast.literal_eval(value)
     pipe = shapes.load_pipeline(args.variant)
-    search = SearchPipeline.from_pipe(pipe, reward=shapes.load_reward(), max_batch_size=args.max_batch_size)
+    # the winners are judged here, once; the pipeline's own judge report is not needed
+    search = SearchPipeline.from_pipe(pipe, reward=shapes.load_reward(), max_batch_size=args.max_batch_size, judge=False)
     steps = args.steps or pipe.default_num_inference_steps
+    judge = shapes.Judge()
     rows, t0 = [], time.time()
     print(f"{'method':11s} {'K':>3s} {'category':14s} {'NFE':>6s} {'reward':>7s} {'judge':>6s} {'valid':>6s} "
           f"{'div':>6s} {'n':>4s}")
-    for k in args.budgets:
-        for name in args.methods:
-            method = build_method(name, **options.get(name, {}))
+    for name in args.methods:
+        method = build_method(name, **options.get(name, {}))
+        ks = []
+        for k in args.budgets:
             try:
                 method.plan(k * steps, steps)
+                ks.append(k)
             except ValueError as err:
                 print(f"{name:11s} {k:3d} skipped: {err}")
-                continue
-            t = time.time()
-            for row in summarize(cell(search, prompts, seeds, method, k, steps), name, k, args.variant):
+        if not ks:
+            continue
+        t = time.time()
+        for k, per_prompt in cells(search, judge, prompts, seeds, method, ks, steps).items():
+            for row in summarize(per_prompt, name, k, args.variant):
                 rows.append(row)
                 print(f"{name:11s} {k:3d} {row['category']:14s} {row['nfe']:6.0f} {row['reward']:7.2f} "
                       f"{row['judge']:6.3f} {row['valid']:6.3f} {row['diversity']:6.3f} {row['n']:4d}", flush=True)
-            print(f"  ({time.time() - t:.0f} s)", flush=True)
+        print(f"  ({time.time() - t:.0f} s)", flush=True)
+        atomic_write_json(args.out, {"rows": rows, "settings": {"partial": True}})  # progress survives a cut
     settings = {"variant": args.variant, "steps": steps, "prompts": len(prompts), "seeds": seeds,
                 "options": options, "guidance_scale": pipe.default_guidance_scale, "eta": 1.0,
                 "reward": "shapes-clip (bundled)", "judge": "shapes.Judge()", "minutes": round((time.time() - t0) / 60, 1)}

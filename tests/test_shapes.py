@@ -110,3 +110,27 @@ def test_judge_agrees_with_hand_labels_of_generated_samples():
     agree_correct = np.mean([v["correct"] == s["correct"] for v, s in zip(verdicts, labels["samples"])])
     agree_valid = np.mean([v["valid"] == s["valid"] for v, s in zip(verdicts, labels["samples"])])
     assert agree_correct >= 0.95 and agree_valid >= 0.95, (agree_correct, agree_valid)
+
+
+@pytest.mark.parametrize("variant", ["diffusion", "flow"])
+def test_bundled_generators_are_driven_by_their_family_steppers(variant):
+    """The bundled pipelines load offline; at eta 0 their Stepper reproduces the pipeline's own sampler
+    from the same initial noise; defaults (25 steps, guidance 2) come from the pipeline."""
+    from evosearch.pipelines import DiffusionStepper, FlowStepper, stepper_for
+
+    pipe = shapes.load_pipeline(variant)
+    stepper = stepper_for(pipe, eta=0.0)
+    assert isinstance(stepper, DiffusionStepper if variant == "diffusion" else FlowStepper)
+    assert stepper.default_num_inference_steps == 25 and stepper.default_guidance_scale == 2.0
+    stepper.prepare("a red circle left of a blue square", num_inference_steps=6)
+    x = stepper.start([3, 4])
+    latents = x.clone()
+    for i in range(6):
+        x = stepper.step(x, i, None)
+    ours = stepper.finish(x)
+    kwargs = {"eta": 0.0} if variant == "diffusion" else {}
+    reference = pipe("a red circle left of a blue square", num_images_per_prompt=2, num_inference_steps=6,
+                     latents=latents, output_type="pt", **kwargs).images
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="prompt:.*grammar"):
+        stepper.prepare("a dog")

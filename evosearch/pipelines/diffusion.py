@@ -34,12 +34,18 @@ def vp_schedule(scheduler_config, num_inference_steps: int, eta: float, device=N
     ddim.set_timesteps(num_inference_steps)
     timesteps = ddim.timesteps.clone()
     acp = ddim.alphas_cumprod.double()
+    final = torch.as_tensor(ddim.final_alpha_cumprod, dtype=torch.float64)
     step_ratio = ddim.config.num_train_timesteps // num_inference_steps
-    alpha_bar = [acp[int(t)] for t in timesteps]
-    prev = [int(t) - step_ratio for t in timesteps]
-    alpha_bar.append(acp[prev[-1]] if prev[-1] >= 0 else ddim.final_alpha_cumprod.double())
-    alpha_bar = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in alpha_bar])
-    sched = NoiseSchedule(a=alpha_bar.sqrt(), s=(1 - alpha_bar).sqrt(), timesteps=timesteps.to(device), eta=eta)
+
+    def alpha_bar(t: int) -> torch.Tensor:
+        return acp[t] if t >= 0 else final
+
+    # the level the model is called at before step i, and the level DDIM's step i moves to
+    # (t - 1000 // N: the next timestep, except with "trailing" spacing when N does not divide 1000)
+    at = torch.stack([alpha_bar(int(t)) for t in timesteps] + [alpha_bar(int(timesteps[-1]) - step_ratio)])
+    to = torch.stack([alpha_bar(int(t) - step_ratio) for t in timesteps])
+    sched = NoiseSchedule(a=at.sqrt(), s=(1 - at).sqrt(), timesteps=timesteps.to(device), eta=eta,
+                          a_to=to.sqrt(), s_to=(1 - to).sqrt())
     return sched, ddim
 
 

@@ -76,7 +76,7 @@ class FlowStepper(Stepper):
 
     @property
     def default_num_inference_steps(self) -> int:
-        return 28
+        return int(getattr(self.pipe, "default_num_inference_steps", 28))
 
     @property
     def default_guidance_scale(self) -> float:
