@@ -116,9 +116,10 @@ def main(argv=None):
     ap.add_argument("--max-batch-size", type=int, default=32, help="samples per denoiser call (default: 32)")
     ap.add_argument("--option", action="append", default=[], metavar="METHOD:KEY=VALUE",
                     help="a method option, e.g. evosearch:intermediate_mutation=\\'sigma\\' (repeatable)")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "shapes_geneval.json")
     args = ap.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     prompts = shapes.benchmark_prompts()
     if args.prompts is not None:  # round-robin over categories so a small run still covers them
         by_cat = {c: [p for p in prompts if p[0] == c] for c in shapes.CATEGORIES}

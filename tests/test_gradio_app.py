@@ -302,7 +302,7 @@ def test_a_failing_reward_keeps_the_best_so_far(client, caplog, capfd):
     assert "Stopped by an error: the best so far (incomplete)" in status and "the scorer broke" in status
     record = _record(record_file)
     assert record["complete"] is False and record["stats"]["nfe"] == 2 * BATCH * 10 and len(gallery) == BATCH
-    assert Path(best).is_file() and record["stats"]["stopped"] == "error: RuntimeError"
+    assert Path(best).is_file() and record["stats"]["stopped"] == "error: RewardError"
     logged = [r.getMessage() for r in caplog.records if r.name == "evosearch.app"]
     assert len(logged) == 1 and "the scorer broke" in logged[0] and "\n" not in logged[0]
     assert "Traceback" not in capfd.readouterr().err
@@ -332,9 +332,11 @@ def test_the_page_offers_only_what_runs_on_its_model(served):
     props = {c["props"].get("elem_id"): c["props"] for c in demo.config["components"] if c["props"].get("elem_id")}
     methods = [c[1] if isinstance(c, (list, tuple)) else c for c in props["method"]["choices"]]
     rewards = [c[1] if isinstance(c, (list, tuple)) else c for c in props["rewards"]["choices"]]
-    assert set(methods) == set(registry.MODELS["digits"].methods) and "tts-var" not in methods
-    assert set(rewards) == {"digits", *EXTRA_REWARDS}
-    assert "tts-var: runs on var-digits, not digits" in props["left-out"]["value"]
+    model = props["model"]["value"]
+    assert model == registry.DEFAULT_MODEL  # the page opens on the default world
+    assert set(methods) == set(registry.MODELS[model].methods) and "tts-var" not in methods
+    assert set(rewards) == {registry.default_reward(model), *EXTRA_REWARDS}
+    assert f"tts-var: runs on var-digits, not {model}" in props["left-out"]["value"]
     assert "clip: needs weights from the Hugging Face hub" in props["left-out"]["value"]
 
 

@@ -61,7 +61,10 @@ class SegmentSchedule(NoiseSchedule):
         a = torch.cat([s.a[:T] for s in schedules] + [schedules[-1].a[T:]])
         s_ = torch.cat([s.s[:T] for s in schedules] + [schedules[-1].s[T:]])
         timesteps = torch.cat([s.timesteps for s in schedules])
-        super().__init__(a=a, s=s_, timesteps=timesteps, eta=schedules[0].eta)
+        # each step moves to its own segment's next level, not to the next segment's pure noise
+        a_to = torch.cat([torch.as_tensor(s._a_to, dtype=a.dtype) for s in schedules])
+        s_to = torch.cat([torch.as_tensor(s._s_to, dtype=a.dtype) for s in schedules])
+        super().__init__(a=a, s=s_, timesteps=timesteps, eta=schedules[0].eta, a_to=a_to, s_to=s_to)
         object.__setattr__(self, "segments", schedules)
         object.__setattr__(self, "steps_per_segment", T)
 
