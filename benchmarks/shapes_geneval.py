@@ -33,7 +33,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from evosearch import SearchPipeline  # noqa: E402
+from evosearch import EarlyStop, SearchPipeline  # noqa: E402
 from evosearch.bundled import shapes  # noqa: E402
 from evosearch.io import atomic_write_json  # noqa: E402
 from evosearch.registry import build_method  # noqa: E402
@@ -53,7 +53,7 @@ def diversity(images: list[torch.Tensor]) -> float:
     return float(np.mean(d))
 
 
-def winners(search, prompt, seed, method, ks, steps) -> dict[int, tuple]:
+def winners(search, prompt, seed, method, ks, steps, early_stop=None) -> dict[int, tuple]:
     """{K: (reward, image, nfe)} of the winner at each budget K. Best-of-N is searched once at the
     largest K: BestOfN(n=K) draws the first K seeds of the same sequence, so best-of-K is the best of
     the first K candidates of best-of-max(K) (the same numbers, a quarter of the compute)."""
@@ -66,20 +66,30 @@ def winners(search, prompt, seed, method, ks, steps) -> dict[int, tuple]:
         for k in ks:
             r = max(in_order[:k])
             result[k] = (r, out.images[out.rewards.index(r)], k * steps)
+        result["all"] = out.images  # every plain candidate, for the plain and oracle rows
         return result
     result = {}
     for k in ks:
         out = search(prompt, seed=seed, num_inference_steps=steps, nfe_budget=k * steps, method=method,
-                     output_type="pt", progress=False)
+                     output_type="pt", progress=False, early_stop=early_stop)
         result[k] = (out.best.reward, out.best.image, out.stats.nfe)
     return result
 
 
-def cells(search, judge, prompts, seeds, method, ks, steps) -> dict[int, list[dict]]:
+def cells(search, judge, prompts, seeds, method, ks, steps, early_stop=None) -> dict[int, list[dict]]:
     """{K: per-prompt rows} of one method over prompts x seeds: the winners' reward, verdicts, diversity."""
     rows = {k: [] for k in ks}
     for category, prompt in prompts:
-        found = [winners(search, prompt, seed, method, ks, steps) for seed in seeds]
+        found = [winners(search, prompt, seed, method, ks, steps, early_stop) for seed in seeds]
+        if "all" in found[0]:  # best-of-N: judge every plain candidate too (no extra NFE)
+            verdicts = [judge(torch.stack(list(w.pop("all"))), prompt) for w in found]
+            flat = [v for vs in verdicts for v in vs]
+            for key, judged, nfe in (("plain", [v["correct"] for v in flat], steps),
+                                     ("oracle", [any(v["correct"] for v in vs) for vs in verdicts], max(ks) * steps)):
+                rows.setdefault(key, []).append({
+                    "category": category, "prompt": prompt, "reward": float("nan"), "judge": float(np.mean(judged)),
+                    "valid": float(np.mean([v["valid"] for v in flat])), "diversity": float("nan"),
+                    "nfe": float(nfe), "n": len(judged)})
         for k in ks:
             rewards, images, nfe = zip(*(w[k] for w in found))
             verdicts = judge(torch.stack(list(images)), prompt)
@@ -99,7 +109,8 @@ def summarize(per_prompt: list[dict], method: str, k: int, variant: str) -> list
         mean = lambda key: float(np.average([r[key] for r in sel], weights=[r["n"] for r in sel]))  # noqa: E731
         rows.append({"suite": f"shapes-{variant}", "category": category, "method": method, "K": k,
                      "nfe": mean("nfe"), "reward": mean("reward"), "judge": mean("judge"), "valid": mean("valid"),
-                     "diversity": float(np.nanmean([r["diversity"] for r in sel])), "n": n})
+                     "diversity": float(np.nanmean([r["diversity"] for r in sel])) if any(
+                         r["diversity"] == r["diversity"] for r in sel) else float("nan"), "n": n})
     return rows
 
 
@@ -116,6 +127,9 @@ def main(argv=None):
     ap.add_argument("--max-batch-size", type=int, default=32, help="samples per denoiser call (default: 32)")
     ap.add_argument("--option", action="append", default=[], metavar="METHOD:KEY=VALUE",
                     help="a method option, e.g. evosearch:intermediate_mutation=\\'sigma\\' (repeatable)")
+    ap.add_argument("--patience", type=int, default=None,
+                    help="early stop: no rise above --tol for this many generations (default: off)")
+    ap.add_argument("--tol", type=float, default=0.0, help="early stop: the rise that counts (default: 0)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "shapes_geneval.json")
     args = ap.parse_args(argv)
@@ -153,10 +167,17 @@ def main(argv=None):
         if not ks:
             continue
         t = time.time()
-        for k, per_prompt in cells(search, judge, prompts, seeds, method, ks, steps).items():
-            for row in summarize(per_prompt, name, k, args.variant):
+        label = name + "".join(f"[{k}={v}]" for k, v in sorted(options.get(name, {}).items())
+                               if OPTIONS.get(name, {}).get(k) != v)
+        if args.patience is not None:
+            label += f"[patience={args.patience},tol={args.tol:g}]"
+        early_stop = EarlyStop(patience=args.patience, tol=args.tol) if args.patience is not None else None
+        for k, per_prompt in cells(search, judge, prompts, seeds, method, ks, steps, early_stop).items():
+            # "plain": every one of best-of-N's candidates judged; "oracle": the judge picks among them
+            row_name, k = (label, k) if isinstance(k, int) else (k, 1 if k == "plain" else max(ks))
+            for row in summarize(per_prompt, row_name, k, args.variant):
                 rows.append(row)
-                print(f"{name:11s} {k:3d} {row['category']:14s} {row['nfe']:6.0f} {row['reward']:7.2f} "
+                print(f"{row_name:11s} {k:3d} {row['category']:14s} {row['nfe']:6.0f} {row['reward']:7.2f} "
                       f"{row['judge']:6.3f} {row['valid']:6.3f} {row['diversity']:6.3f} {row['n']:4d}", flush=True)
         print(f"  ({time.time() - t:.0f} s)", flush=True)
         atomic_write_json(args.out, {"rows": rows, "settings": {"partial": True}})  # progress survives a cut

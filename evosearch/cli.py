@@ -213,7 +213,7 @@ def make_parser() -> argparse.ArgumentParser:
                        description="Search every prompt of PROMPTS and write DIR/results.jsonl and DIR/images/. "
                                    "Re-running skips finished prompts. A failing prompt gets an error line and the "
                                    "others go on (exit code 1 at the end). Under `accelerate launch` (or torchrun) "
-                                   "process k takes the prompts with index %% num_processes == k.")
+                                   "process k takes the prompts with index % num_processes == k.")
     b.add_argument("prompts", metavar="PROMPTS",
                    help=".txt (one prompt per line; blank and # lines skipped) or .jsonl (objects with \"prompt\" "
                         "and optional \"seed\", \"id\", \"nfe_budget\", \"negative_prompt\")")

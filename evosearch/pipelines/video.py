@@ -74,13 +74,9 @@ def _call_default(pipe, name: str, fallback=None):
     return param.default
 
 
-class VideoStepper:
-    """Mixin for video Steppers: sizes with ``num_frames``, and ``finish`` returning videos
-    (N, F, 3, H, W) float32 in [0, 1] on the CPU."""
-
-    is_video = True
-    #: height and width must be multiples of this (set per pipeline in ``_video_size``)
-    size_multiple: int = 16
+class PipelineCallDefaults:
+    """Mixin: ``default_num_inference_steps`` and ``default_guidance_scale`` read from the
+    defaults of ``self.pipe.__call__`` (50 and 5.0 where it has none)."""
 
     @property
     def default_num_inference_steps(self) -> int:
@@ -89,6 +85,15 @@ class VideoStepper:
     @property
     def default_guidance_scale(self) -> float:
         return float(_call_default(self.pipe, "guidance_scale", 5.0))
+
+
+class VideoStepper(PipelineCallDefaults):
+    """Mixin for video Steppers: sizes with ``num_frames``, and ``finish`` returning videos
+    (N, F, 3, H, W) float32 in [0, 1] on the CPU."""
+
+    is_video = True
+    #: height and width must be multiples of this (set per pipeline in ``_video_size``)
+    size_multiple: int = 16
 
     def _video_size(self, request: Request, multiple: int, temporal: int,
                     default_size: tuple[int, int] | None = None) -> tuple[int, int, int]:

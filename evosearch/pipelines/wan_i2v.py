@@ -10,11 +10,12 @@ import torch
 
 from ..core.records import Request
 from .segment_model import SegmentModel
+from .video import PipelineCallDefaults
 
 __all__ = ["WanI2VSegments"]
 
 
-class WanI2VSegments(SegmentModel):
+class WanI2VSegments(PipelineCallDefaults, SegmentModel):
     """Segments from diffusers' ``WanImageToVideoPipeline``: segment d >= 1 is the pipeline's
     image-to-video generation from the last decoded frame of segment d - 1 (its VAE-encoded
     first-frame condition with the frame mask, and CLIP image embeddings when the pipeline has an
@@ -44,18 +45,6 @@ class WanI2VSegments(SegmentModel):
     @property
     def denoiser(self):
         return self.pipe.transformer
-
-    @property
-    def default_num_inference_steps(self) -> int:
-        from .video import _call_default
-
-        return int(_call_default(self.pipe, "num_inference_steps", 50))
-
-    @property
-    def default_guidance_scale(self) -> float:
-        from .video import _call_default
-
-        return float(_call_default(self.pipe, "guidance_scale", 5.0))
 
     def prepare(self, request: Request, eta: float) -> None:
         from .flow import flow_schedule
