@@ -120,6 +120,9 @@ class SearchPipeline:
 
     >>> search = SearchPipeline.from_pipe(pipe, reward=reward, method=EvoSearch(), max_batch_size=16)
     >>> out = search("a cat", seed=0, num_inference_steps=50, nfe_budget=2000)
+
+    ``method`` defaults to ``BestOfN(n=4)``, whose size is fixed: ``nfe_budget`` only caps it. Pass
+    a method without sizes (``EvoSearch()``, ``BestOfN()``) to size the search from the budget.
     """
 
     def __init__(self, pipe, reward, method=None, max_batch_size: int = 16, eta: float = 1.0, *, stepper=None,
