@@ -87,7 +87,7 @@ def _shapes_examples() -> dict:
     out: dict[str, list[str]] = {}
     for category, prompt in benchmark_prompts():
         out.setdefault(category, []).append(prompt)
-    return {k: v[:3] for k, v in out.items()}
+    return {k: [v[0], v[len(v) // 2]] for k, v in out.items()}  # two per category: one page of examples
 
 
 _IMAGE_METHODS = ("evosearch", "best-of-n", "zero-order", "paths", "particles")
