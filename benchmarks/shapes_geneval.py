@@ -9,8 +9,15 @@ winners of the same prompt across seeds, on the images area-downsampled to 16x16
 [0, 1] (a pixel feature space shared by nothing the search or the judge uses); it is 0 when
 every seed finds the same picture. K = 1 is plain sampling.
 
-    python benchmarks/shapes_geneval.py                      # the README table (long)
+    python benchmarks/shapes_geneval.py                      # every cell (long)
     python benchmarks/shapes_geneval.py --methods evosearch --budgets 16 --prompts 6 --seeds 2
+    python benchmarks/shapes_geneval.py --merge a.json b.json  # cells run separately -> --out + README tables
+
+Best-of-N also yields two reference rows at no extra NFE: ``plain`` (every one of its K
+candidates judged: plain sampling's accuracy) and ``oracle`` (the judge itself picks among the
+K = max(--budgets) candidates: what a perfect reward could find at that budget). A method run
+with options other than its defaults (``--option``, ``--patience``) is labelled
+``name[key=value]``. ``--patience``/``--tol`` turn on early stop and report the NFE spent.
 
 Writes ``{"rows": [{"suite", "category", "method", "K", "nfe", "reward", "judge", "valid",
 "diversity", "n"}, ...], "settings": ...}`` (``category`` "all" for the overall row) to
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import sys
 import time
 from pathlib import Path
@@ -114,6 +122,53 @@ def summarize(per_prompt: list[dict], method: str, k: int, variant: str) -> list
     return rows
 
 
+def markdown(rows: list[dict]) -> str:
+    """The README tables: judge accuracy (validity) overall per method x K, and per category."""
+    cells = {(r["method"], r["K"], r["category"]): r for r in rows}
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    ks = sorted({r["K"] for r in rows})
+    out = ["| method | " + " | ".join(f"K={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+    for m in methods:
+        line = [f"{cells[m, k, 'all']['judge']:.3f} ({cells[m, k, 'all']['valid']:.2f})" if (m, k, "all") in cells
+                else "–" for k in ks]
+        out.append(f"| {m} | " + " | ".join(line) + " |")
+    categories = [c for c in shapes.CATEGORIES if any(r["category"] == c for r in rows)]
+    out += ["", "| method | K | NFE | reward | " + " | ".join(categories) + " | all | valid | diversity |",
+            "|---|---|---|---|" + "---|" * (len(categories) + 3)]
+    for (m, k, c), r in cells.items():
+        if c != "all":
+            continue
+        reward = "–" if r["reward"] != r["reward"] else f"{r['reward']:.1f}"
+        div = "–" if r["diversity"] != r["diversity"] else f"{r['diversity']:.3f}"
+        per = " | ".join(f"{cells[m, k, cat]['judge']:.2f}" if (m, k, cat) in cells else "–" for cat in categories)
+        out.append(f"| {m} | {k} | {r['nfe']:.0f} | {reward} | {per} | **{r['judge']:.3f}** | {r['valid']:.3f} | {div} |")
+    return "\n".join(out)
+
+
+def default_label(label: str) -> str:
+    """``evosearch[intermediate_mutation=resample]`` -> ``evosearch`` when those options are the
+    method's defaults (so the default variant carries the CLI name)."""
+    name, _, rest = label.partition("[")
+    if not rest or name not in METHODS:
+        return label
+    pairs = [kv.split("=", 1) for kv in rest.rstrip("]").split("][")]
+    default = build_method(name, **OPTIONS.get(name, {}))
+    return name if all(len(kv) == 2 and str(getattr(default, kv[0], None)) == kv[1] for kv in pairs) else label
+
+
+def merge(paths: list[Path], out: Path) -> None:
+    rows, settings = [], {}
+    for path in paths:
+        data = json.loads(path.read_text())
+        if data.get("settings", {}).get("partial"):
+            raise SystemExit(f"--merge: {path} is from an unfinished run")
+        rows += [{**r, "method": default_label(r["method"])} for r in data["rows"]]
+        settings[path.stem] = data["settings"]
+    atomic_write_json(out, {"rows": rows, "settings": settings})
+    print(markdown(rows))
+    print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="methods (CLI names)")
@@ -132,7 +187,12 @@ def main(argv=None):
     ap.add_argument("--tol", type=float, default=0.0, help="early stop: the rise that counts (default: 0)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "shapes_geneval.json")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                    help="no search: merge these result files (cells run separately) into --out and print the "
+                         "README's markdown tables")
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
     torch.set_num_threads(args.threads)
     prompts = shapes.benchmark_prompts()
     if args.prompts is not None:  # round-robin over categories so a small run still covers them
