@@ -375,3 +375,39 @@ def test_tempered_particles_reach_the_tilted_target_where_untempered_collapse():
         assert (np.abs(mean - target) <= 3 * se + 0.005).all(), f"{potential}: {mean} (SE {se}) vs {target}"
     mean, _ = _particle_mode_weights("rt", tempering=False)
     assert mean[2] > 0.9 and abs(mean[1] - target[1]) > 0.2  # the documented collapse
+
+
+def _state_after_mutation(kind, e, n=8000, steps=25, base=0, rate=None):
+    """x_e of n trajectories (DDIM eta=1): plain, or with EvoSearch's intermediate mutation
+    ``kind`` applied at step e (the engine's own event code); and the std c of step e - 1."""
+    from evosearch.core.lineage import Event, Lineage, apply_events, denoise
+
+    stepper = stepper_for(pipe_of("diffusion"), max_batch_size=n, eta=1.0)
+    stepper.prepare(None, num_inference_steps=steps)
+    seeds = list(range(base, base + n))
+    x = denoise(stepper, stepper.start(seeds), seeds, 0, e)
+    if kind != "plain":
+        lineages = [Lineage([Event("init", 0, s), Event(kind, e, 10**7 + s, rate=rate)])
+                    for s in seeds]
+        x = apply_events(stepper, x, lineages)
+    return samples_from(x).double().numpy(), stepper.noise_scale(e - 1)
+
+
+def test_resample_mutation_keeps_the_samplers_law_and_sigma_adds_its_variance():
+    """EvoSearch's intermediate mutations on the testbed, at step 10 of 25: after "resample"
+    (beta = 0.5, and 1: all of the step's noise re-drawn) x_e has the law plain sampling gives it
+    (total variance within 4 SE); after "sigma" (the authors' x + c eps) every coordinate has c^2
+    more variance."""
+    plain, c = _state_after_mutation("plain", 10)
+    assert 0.3 < c < 0.8  # a step with real noise
+
+    def total_variance(x):
+        dev2 = (x - x.mean(0)) ** 2
+        return dev2.mean(0).sum(), math.sqrt((dev2.var(0) / len(x)).sum())
+
+    v0, se0 = total_variance(plain)
+    for kind, rate, excess in (("resample", 0.5, 0.0), ("resample", 1.0, 0.0), ("sigma", None, GM.dim * c * c)):
+        x, _ = _state_after_mutation(kind, 10, base=50_000, rate=rate)
+        v, se = total_variance(x)
+        assert abs(v - v0 - excess) <= 4 * math.hypot(se, se0), f"{kind}: total variance {v:.3f} vs {v0:.3f} + {excess:.3f}"
+    assert GM.dim * c * c > 8 * math.hypot(se, se0), "the test cannot tell the two apart"
