@@ -35,11 +35,18 @@ class EvoSearch(SearchMethod):
     Mutation at e = 0 (pure noise): the variance-preserving ``sqrt(1 - r^2) x + r eps`` with
     r = ``mutation_rate``. At e > 0, ``intermediate_mutation``:
 
+    * ``"resample"`` (the default): re-draw a fraction beta = ``intermediate_rate`` of the noise
+      z_e that step made x_e with, ``x + c ((sqrt(1 - beta^2) - 1) z_e + beta eps)`` (z_e re-drawn
+      from the lineage, no memory): the child has the sampler's own law given the parent's
+      x_{e-1}, so x_e keeps plain sampling's law (tested on the Gaussian-mixture testbed).
     * ``"sigma"`` (the authors'): ``x + c eps``, c the sampler's std of the step that made x_e.
-      It adds variance: selection plus this drift off the sampler's distribution.
-    * ``"resample"``: re-draw a fraction beta = ``intermediate_rate`` of the noise z_e that step
-      made x_e with, ``x + c ((sqrt(1 - beta^2) - 1) z_e + beta eps)`` (z_e re-drawn from the
-      lineage, no memory): the child has the sampler's own law given the parent's x_{e-1}.
+      It adds c^2 of variance per coordinate (tested): with selection, the population drifts
+      off the sampler's distribution.
+
+    Why "resample" is the default (``benchmarks/testbed_search.py``, ``shapes_geneval.py``,
+    held-out seeds): on the testbed at 64 trajectories the winners stay in distribution 87.5%
+    of the time against 76.6% for "sigma" (reward 6.08 vs 6.17); on the shapes world at 16
+    trajectories both reach the same judge accuracy (0.891).
 
     NFE = P_0 * T + sum_g P_g * (T - e_g). With no schedules the population scheduler
     (:func:`~evosearch.search.ops.schedules.auto_schedule`) sizes everything from ``nfe_budget``.
@@ -50,7 +57,7 @@ class EvoSearch(SearchMethod):
     elite_size: int | None = None
     mutation_rate: float = 0.2
     tournament_fraction: float = 0.9
-    intermediate_mutation: str = "sigma"
+    intermediate_mutation: str = "resample"
     intermediate_rate: float = 0.5
 
     name = "evosearch"
