@@ -9,9 +9,9 @@ mean winner reward, valid fraction, off-distribution fraction, NFE.
 
     python benchmarks/testbed_search.py [--seeds 64] [--budgets 4 16 64] [--methods ...] [--out PATH]
 
-Methods (CLI names, plus variants): best-of-n, evosearch (intermediate_mutation "sigma", the
-authors'), evosearch-resample (re-draw a fraction beta of the step noise; beta = 0.5 unless
---rate), particles, paths, zero-order. Prints a table and writes JSON (default
+Methods (CLI names, plus a variant): best-of-n, evosearch (the default intermediate_mutation
+"resample": re-draw a fraction beta of the step noise; beta = 0.5 unless --rate),
+evosearch-sigma (the authors' x + sigma eps), particles, paths, zero-order. Prints a table and writes JSON (default
 benchmarks/results/testbed_search.json).
 """
 
@@ -41,8 +41,8 @@ STEPS = 50
 def methods(rate: float) -> dict:
     return {
         "best-of-n": lambda: BestOfN(),
-        "evosearch": lambda: EvoSearch(intermediate_mutation="sigma"),
-        "evosearch-resample": lambda: EvoSearch(intermediate_mutation="resample", intermediate_rate=rate),
+        "evosearch": lambda: EvoSearch(intermediate_mutation="resample", intermediate_rate=rate),  # the default
+        "evosearch-sigma": lambda: EvoSearch(intermediate_mutation="sigma"),
         "particles": lambda: ParticleSearch(lambda_=1.0),
         "paths": lambda: PathSearch(),
         "zero-order": lambda: ZeroOrderSearch(),
@@ -59,7 +59,7 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, default=64, help="held-out seeds per cell (default: 64)")
     ap.add_argument("--budgets", type=int, nargs="+", default=[4, 16, 64], help="budgets in trajectories")
     ap.add_argument("--methods", nargs="+", default=None, help="methods (default: all)")
-    ap.add_argument("--rate", type=float, default=0.5, help="beta of evosearch-resample (default: 0.5)")
+    ap.add_argument("--rate", type=float, default=0.5, help="beta of evosearch's resample mutation (default: 0.5)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "testbed_search.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -84,7 +84,7 @@ def main(argv=None):
             row = {"suite": "gmm", "method": name, "K": k, "nfe": float(np.mean(nfe)),
                    "reward": float(np.mean(rewards)), "reward_sem": float(np.std(rewards, ddof=1) / np.sqrt(len(rewards))),
                    "valid": float(1 - off.mean()), "off_distribution": float(off.mean()), "n": args.seeds,
-                   "rate": args.rate if name == "evosearch-resample" else None}
+                   "rate": args.rate if name == "evosearch" else None}
             rows.append(row)
             print(f"{name:20s} {k:4d} {row['nfe']:6.0f} {row['reward']:8.3f} {row['valid']:6.3f} "
                   f"{row['off_distribution']:6.3f} {time.time() - t:5.0f}", flush=True)
