@@ -113,10 +113,10 @@ def _moving_digits(device: str = "cpu"):
 
 MODELS: dict[str, ModelEntry] = {
     "shapes": ModelEntry("shapes", "coloured shapes from compositional prompts (diffusion; exact judge)",
-                         _shapes("diffusion"), "shapes-clip", "a red circle left of a blue square",
+                         _shapes("diffusion"), "shapes-clip", "a yellow circle and a white square",
                          {}, _IMAGE_METHODS),
     "shapes-flow": ModelEntry("shapes-flow", "the shapes world's flow-matching variant (exact judge)",
-                              _shapes("flow"), "shapes-clip", "a red circle left of a blue square", {},
+                              _shapes("flow"), "shapes-clip", "a yellow circle and a white square", {},
                               _IMAGE_METHODS),
     "digits": ModelEntry("digits", "handwritten digits 0-9 (class-conditional diffusion; SVC judge)", _digits,
                          "digits", "3", {"digits": ["3", "7", "digit 2"]}, _IMAGE_METHODS),
