@@ -156,6 +156,38 @@ def default_label(label: str) -> str:
     return name if all(len(kv) == 2 and str(getattr(default, kv[0], None)) == kv[1] for kv in pairs) else label
 
 
+def plot(rows: list[dict], path: Path) -> None:
+    """Judge accuracy (overall) vs NFE per method, plain sampling and the oracle as references."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from evosearch.io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    overall = [r for r in rows if r["category"] == "all"]
+    for m in dict.fromkeys(r["method"] for r in overall):
+        pts = sorted((r["nfe"], r["judge"]) for r in overall if r["method"] == m)
+        if m == "plain":
+            ax.axhline(pts[0][1], color="gray", ls="--", lw=1, label=f"plain sampling ({pts[0][1]:.2f})")
+        elif m == "oracle":
+            ax.scatter(*zip(*pts), marker="*", s=120, color="gold", edgecolor="k", zorder=3,
+                       label="oracle: the judge picks among best-of-N's samples")
+        else:
+            ax.plot(*zip(*pts), marker="o", label=m)
+    ax.set_xscale("log")
+    ax.set_xlabel("NFE per prompt (denoiser evaluations; 25 per trajectory)")
+    ax.set_ylabel("judge accuracy of the winner")
+    ax.set_title("shapes world: what search buys, judged (held-out seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
 def merge(paths: list[Path], out: Path) -> None:
     rows, settings = [], {}
     for path in paths:
@@ -165,6 +197,7 @@ def merge(paths: list[Path], out: Path) -> None:
         rows += [{**r, "method": default_label(r["method"])} for r in data["rows"]]
         settings[path.stem] = data["settings"]
     atomic_write_json(out, {"rows": rows, "settings": settings})
+    plot(rows, out.with_suffix(".png"))
     print(markdown(rows))
     print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
 
