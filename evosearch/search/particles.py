@@ -41,8 +41,8 @@ class ParticleSearch(SearchMethod):
     target p(x0) exp(lambda r(x0)) either way, but only with tempering does a finite particle
     set still hold the target's modes when it gets there. Measured on the Gaussian-mixture
     testbed (tests/test_testbed.py; reward w.x, lambda 3, 50 steps, K = 10, N = 500, 10 runs):
-    with tempering "rt", "max" and "diff" give the closed-form tilted mode weights within 3
-    standard errors. Without it "rt" and "max" over-tilt by up to K lambda and collapse onto
+    with tempering "rt" and "max" give the closed-form tilted mode weights within 3 standard
+    errors. Without it "rt" and "max" over-tilt by up to K lambda and collapse onto
     the best mode (rt: [0, 0.005, 0.995] against [0, 0.25, 0.75], final ESS 10 of 500); "add"
     degenerates even with tempering (its running sums tilt by about K lambda / 2: final ESS 8
     of 500, standard error 0.05 on the mode weights), so use it only with small lambda.
