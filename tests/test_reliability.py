@@ -83,6 +83,23 @@ def test_a_failing_reward_keeps_the_best_so_far(pixel_pipe):
     assert partial.stats.stopped.startswith("error")
 
 
+def test_a_stop_requested_while_scoring_ends_the_search_before_more_denoising(pixel_pipe):
+    """Cancel pressed while a wave is decoded and scored: that wave's candidates are kept and no
+    further micro-batch is denoised (the stop is checked right after scoring, not only after the
+    next denoising micro-batch)."""
+    pressed = []
+
+    def reward(images, prompts):
+        pressed.append(True)  # the user presses Cancel while the first wave is being scored
+        return images.flatten(1).mean(1)
+
+    search = SearchPipeline.from_pipe(pixel_pipe, reward=FunctionReward(reward, name="slow"), method=BestOfN(n=8),
+                                      max_batch_size=2)
+    out = search("", num_inference_steps=STEPS, progress=False, stop=lambda: bool(pressed))
+    assert not out.complete and out.best is not None
+    assert out.stats.nfe == 2 * STEPS and out.stats.reward_calls == 2
+
+
 def test_a_failing_callback_keeps_the_best_so_far(pixel_pipe, brightness):
     def callback(event):
         if event.type == "generation":
