@@ -20,7 +20,6 @@ to ``--out`` (default benchmarks/results/batch_budget.json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from evosearch.batch import RESULTS, read_jsonl  # noqa: E402
 from evosearch.bundled import shapes  # noqa: E402
 from evosearch.io import atomic_write_json  # noqa: E402
 
@@ -42,8 +42,7 @@ def run_cli(args: list[str], threads: int) -> None:
 
 
 def read(out_dir: Path) -> list[dict]:
-    lines = [json.loads(x) for x in (out_dir / "results.jsonl").read_text().splitlines() if x.strip()]
-    return sorted(lines, key=lambda r: r["index"])
+    return sorted(read_jsonl(out_dir / RESULTS), key=lambda r: r["index"])
 
 
 def summarize(lines: list[dict]) -> dict:

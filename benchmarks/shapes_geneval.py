@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from evosearch import EarlyStop, SearchPipeline  # noqa: E402
 from evosearch.bundled import shapes  # noqa: E402
-from evosearch.io import atomic_write_json  # noqa: E402
+from evosearch.io import atomic_path, atomic_write_json  # noqa: E402
 from evosearch.registry import build_method  # noqa: E402
 
 METHODS = ("best-of-n", "evosearch", "particles", "paths", "zero-order")
@@ -163,7 +163,6 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from evosearch.io import atomic_path
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     overall = [r for r in rows if r["category"] == "all"]

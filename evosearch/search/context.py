@@ -141,7 +141,8 @@ class SearchContext:
             raise SearchInterrupted()
 
     def on_batch(self, rows: int) -> None:
-        """After each micro-batch of denoising: progress, then the stop check."""
+        """After each micro-batch of denoising: progress, then the stop check (also made after each
+        scored batch, :meth:`record` and :meth:`log_preview`)."""
         self._bar.update(rows)
         self.emit(SearchEvent("progress", self.nfe, self.stats.planned_nfe))
         self.check_stop()
@@ -178,6 +179,7 @@ class SearchContext:
                              None if self.best is None else self.best.reward, self.nfe, self.elapsed, True, extra)
         self.history.append(entry)
         self.emit(SearchEvent("preview", self.nfe, self.stats.planned_nfe, entry))
+        self.check_stop()
         return entry
 
     def record(self, images, lineages: Sequence, generation: int = 0, step: int | None = None,
@@ -205,6 +207,7 @@ class SearchContext:
         self._bar.set_postfix(best=f"{self.best.reward:.4g}", gen=generation)
         self.emit(SearchEvent("generation", self.nfe, self.stats.planned_nfe, entry, images))
         self._check_early_stop(improved, generation)
+        self.check_stop()  # a stop requested while this batch was decoded and scored: no more denoising
         return rewards
 
     def _check_early_stop(self, improved: bool, generation: int) -> None:

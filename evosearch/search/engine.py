@@ -142,9 +142,7 @@ class SearchRun(SearchContext):
         """Decode final states, score them, record them as candidates; returns rewards (N,)."""
         with self.timed("decode"):
             images = self.stepper.finish(pop.states)
-        rewards = self.record(images, pop.lineages, generation, step, extra)
-        self.check_stop()  # a stop requested while this batch was decoded and scored: no more denoising
-        return rewards
+        return self.record(images, pop.lineages, generation, step, extra)
 
     def rollout_and_evaluate(self, pop: Population | Sequence[Lineage], generation: int = 0, step: int | None = None,
                              archive_at: Sequence[int] = (), wave: int | None = None,
