@@ -5,21 +5,34 @@ cannot have optimised it. Per image:
 
 1. **Foreground**: pixels whose brightest channel exceeds ``foreground_threshold``
    (the background is near-black).
-2. **Colour**: each foreground pixel takes the palette colour nearest in *chromaticity*
-   (RGB divided by its brightest channel), so that darkened anti-aliased edges and
-   off-palette tints (white drawn lavender, red drawn a little orange) read as a person
-   would read them; pixels farther than ``color_tolerance`` from every palette colour
-   are unexplained.
+2. **Segmentation by colour**: each foreground pixel takes the palette colour nearest in
+   *chromaticity* (RGB divided by its brightest channel), which splits touching objects of
+   different colours; pixels farther than ``color_tolerance`` from every palette colour are
+   unexplained.
 3. **Objects**: connected components (8-neighbourhood) of each colour. Small fringes
    touching a larger object of another colour (colour bleeding at edges) belong to it;
-   any other component smaller than ``min_area`` is an unexplained blob.
-4. **Shape**, from geometry of the component's coverage: fill of its bounding box
-   (square ~1, circle ~0.79, triangle ~0.5), fill of the bounding box's corners
-   (square ~1, circle ~0.4, upright triangle: only the bottom corners) and the share of
-   the area in the lower half (triangle ~0.75, others ~0.5).
-5. **Positions** from coverage-weighted centroids: "A left of B" holds when B's centroid
-   is at least ``relation_min_shift`` pixels to the right of A's and the horizontal
-   offset is at least ``relation_dominance`` times the vertical one.
+   any other component smaller than ``min_area`` is an unexplained blob. A component that
+   reads as no clean shape but splits, along its distance transform (watershed from two
+   seeds), into two clean shapes is two touching objects of one colour.
+4. **Colour name**, from the mean RGB of the object's core (pixels at least 80% as bright as
+   its brightest) in HSV: white when saturation <= ``white_max_saturation``; otherwise a
+   palette colour when saturation >= ``min_saturation`` and the hue lies in that colour's
+   band (:data:`HUE_BANDS`, degrees); anything else (orange, pink, magenta, lavender,
+   yellow-green...) is ``"other"``, which matches no named colour.
+5. **Shape**, from the coverage (brightness turned into the fraction of each pixel covered):
+   templates of each shape drawn as the renderer draws them, of the object's area and
+   centroid, give a fit (overlap, 1 = identical). A triangle fits its template best; between
+   circle and square the fits and the corners decide together: square when
+   ``fit_square - fit_circle + diagonal_weight (diagonal_ratio - 1.16) > square_bias``
+   (``diagonal_ratio``: how much further the object reaches along the diagonals than along the
+   axes; 1 for a disc, sqrt(2) for a square). The shape read must also pass its own checks: a fit of at least ``min_fit[shape]``; for circles and squares an
+   elongation (sqrt of the ratio of the second-moment eigenvalues) of at most
+   ``max_elongation``; a circle reaches about as far along the diagonals as along the axes
+   (``diagonal_ratio`` at least ``circle_min_diagonal``, which rejects diamonds and stars), a
+   square clearly further (at least ``square_min_diagonal``). Otherwise it is a "blob".
+6. **Positions**: GenEval's rule (:func:`~.render.box_relations`) on the objects' bounding boxes
+   (sub-pixel, from coverage): centres offset by more than a margin of 0.1 x the two boxes'
+   summed size per axis, and that axis holding more than half of the offset's length.
 
 ``valid``: a clean scene — 1 to 4 objects, each of plausible size and shape, and nearly
 no unexplained pixels. ``correct``: valid, and exactly the objects the prompt names
@@ -36,18 +49,21 @@ import numpy as np
 from scipy import ndimage
 
 from .grammar import PALETTE, SHAPES, SceneSpec, parse_prompt
-from .render import PlacedObject, object_mask, relation_holds
+from .render import PlacedObject, box_relations, object_mask
 
 _PALETTE_NAMES = tuple(PALETTE)
 _PALETTE = np.asarray([PALETTE[c] for c in _PALETTE_NAMES], dtype=np.float64) / 255.0
 _CHROMA = _PALETTE / _PALETTE.max(axis=1, keepdims=True)
 _EIGHT = np.ones((3, 3), dtype=bool)
+#: hue band (degrees, low, high; red wraps through 0) of each chromatic palette colour
+HUE_BANDS = {"red": (342.0, 18.0), "yellow": (40.0, 68.0), "green": (95.0, 160.0), "blue": (200.0, 248.0),
+             "purple": (258.0, 297.0)}
 
 
 @dataclass(frozen=True)
 class FoundObject:
-    """An object the judge found: shape, colour, centroid (x, y) and area in pixels, and the
-    geometry it read the shape from."""
+    """An object the judge found: shape, colour, centroid (x, y), area in pixels, bounding box
+    ``(x0, y0, x1, y1)`` in pixels, and the geometry it read the shape from."""
 
     shape: str
     color: str
@@ -56,10 +72,12 @@ class FoundObject:
     area: float
     scores: dict
     problem: str | None = None
+    box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
 
     def to_dict(self) -> dict:
         d = {"shape": self.shape, "color": self.color, "x": round(self.x, 2), "y": round(self.y, 2),
-             "area": round(self.area, 1), "scores": {k: round(v, 3) for k, v in self.scores.items()}}
+             "area": round(self.area, 1), "box": [round(v, 2) for v in self.box],
+             "scores": {k: round(v, 3) for k, v in self.scores.items()}}
         if self.problem:
             d["problem"] = self.problem
         return d
@@ -75,20 +93,27 @@ class Judge:
     """
 
     def __init__(self, foreground_threshold: float = 0.35, color_tolerance: float = 0.45, min_area: float = 12.0,
-                 max_area: float = 400.0, max_unexplained: int = 6, relation_min_shift: float = 3.0,
-                 relation_dominance: float = 0.5, min_shape_score: float = 0.8, split_tolerance: float = 0.2,
-                 square_ratio: float = 1.16, max_aspect: float = 1.45):
+                 max_area: float = 400.0, max_unexplained: int = 6, relation_margin: float = 0.1,
+                 split_tolerance: float = 0.2, max_aspect: float = 1.45, max_elongation: float = 1.25,
+                 min_fit: dict | None = None, circle_min_diagonal: float = 0.83, square_min_diagonal: float = 1.1,
+                 white_max_saturation: float = 0.16, min_saturation: float = 0.45, diagonal_weight: float = 0.25,
+                 square_bias: float = -0.005):
         self.foreground_threshold = foreground_threshold
         self.color_tolerance = color_tolerance
         self.min_area = min_area
         self.max_area = max_area
         self.max_unexplained = max_unexplained
-        self.relation_min_shift = relation_min_shift
-        self.relation_dominance = relation_dominance
-        self.min_shape_score = min_shape_score
+        self.relation_margin = relation_margin
         self.split_tolerance = split_tolerance
-        self.square_ratio = square_ratio
         self.max_aspect = max_aspect
+        self.max_elongation = max_elongation
+        self.min_fit = {"circle": 0.9, "square": 0.88, "triangle": 0.85, **(min_fit or {})}
+        self.circle_min_diagonal = circle_min_diagonal
+        self.square_min_diagonal = square_min_diagonal
+        self.white_max_saturation = white_max_saturation
+        self.min_saturation = min_saturation
+        self.diagonal_weight = diagonal_weight
+        self.square_bias = square_bias
 
     # -- reading a scene -----------------------------------------------------------------
     def read(self, image: np.ndarray) -> tuple[list[FoundObject], int]:
@@ -96,9 +121,9 @@ class Judge:
 
         Connected foreground regions are objects; a region is split by colour only where it holds
         two or more parts, each at least ``min_area`` pixels and each, on average, within
-        ``split_tolerance`` of its palette colour (touching objects); otherwise it is one object of
-        the palette colour nearest its mean chromaticity (edges blended with a neighbour's colour,
-        a tint, a drift between two palette colours)."""
+        ``split_tolerance`` of its palette colour (touching objects); otherwise it is one object
+        (edges blended with a neighbour's colour, a tint). A part that reads as no clean shape is
+        split in two along its distance transform when both halves read as clean shapes."""
         img = np.asarray(image, dtype=np.float64)
         bright = img.max(axis=2)
         fg = bright > self.foreground_threshold
@@ -117,8 +142,17 @@ class Judge:
                 if dist[..., k][mask].mean() > self.color_tolerance:  # per pixel, far from every colour
                     unexplained += int(mask.sum())
                     continue
-                cover = np.clip((bright - bg) / max(float(_PALETTE[k].max()) - bg, 1e-6), 0.0, 1.0) * mask
-                objects.append(self._object(_PALETTE_NAMES[k], cover, mask))
+                color = self._color_name(img, bright, mask)
+                cover = np.clip((bright - bg) / max(float(_PALETTE[k].max()) - bg, 1e-6), 0.0, 1.0)
+                found = self._object(color, cover * mask, mask)
+                if found.problem is not None:
+                    halves = self._split_touching(mask)
+                    if halves is not None:
+                        pair = [self._object(color, cover * h, h) for h in halves]
+                        if all(o.problem is None for o in pair):
+                            objects.extend(pair)
+                            continue
+                objects.append(found)
         return objects, unexplained
 
     def _split(self, region: np.ndarray, nearest: np.ndarray, chroma: np.ndarray) -> list[tuple[int, np.ndarray]]:
@@ -140,6 +174,58 @@ class Judge:
         mean = chroma[region].mean(0)
         return [(int(np.linalg.norm(_CHROMA - mean, axis=1).argmin()), region)]
 
+    def _split_touching(self, mask: np.ndarray) -> list[np.ndarray] | None:
+        """Two masks, or None: ``mask`` cut in two by a watershed on its distance transform, seeded at
+        its two strongest distance peaks (or, with one peak, at +-1 std along its long axis)."""
+        if mask.sum() < 2 * self.min_area:
+            return None
+        edt = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+        peaks = (edt == ndimage.maximum_filter(edt, size=3)) & mask & (edt >= 1.5)
+        lab, n = ndimage.label(peaks, structure=_EIGHT)
+        seeds = []
+        if n >= 2:
+            top = ndimage.maximum(edt, lab, index=np.arange(1, n + 1))
+            order = np.argsort(top)[::-1][:2] + 1
+            seeds = [tuple(int(round(v)) for v in ndimage.center_of_mass(lab == o)) for o in order]
+        else:
+            ys, xs = np.nonzero(mask)
+            p = np.stack([ys, xs], 1).astype(np.float64)
+            mean = p.mean(0)
+            w, v = np.linalg.eigh(np.cov((p - mean).T))
+            step = np.sqrt(w[-1]) * v[:, -1]
+            seeds = [tuple(int(round(c)) for c in mean + sgn * step) for sgn in (-1, 1)]
+        markers = np.zeros(mask.shape, dtype=np.int16)
+        markers[~mask] = -1
+        for i, (y, x) in enumerate(seeds, start=1):
+            if not (0 <= y < mask.shape[0] and 0 <= x < mask.shape[1]) or not mask[y, x]:
+                return None
+            markers[y, x] = i
+        relief = np.clip(255 - 20 * edt, 0, 255).astype(np.uint8)
+        owner = ndimage.watershed_ift(relief, markers, structure=_EIGHT)
+        halves = [mask & (owner == i) for i in (1, 2)]
+        return halves if all(h.sum() >= self.min_area for h in halves) else None
+
+    def _color_name(self, img: np.ndarray, bright: np.ndarray, mask: np.ndarray) -> str:
+        """The palette name of the object's core colour (module docstring, step 4), or ``"other"``."""
+        core = mask & (bright >= 0.8 * bright[mask].max())
+        r, g, b = img[core].mean(0)
+        hi, lo = max(r, g, b), min(r, g, b)
+        saturation = (hi - lo) / max(hi, 1e-6)
+        if saturation <= self.white_max_saturation:
+            return "white"
+        if saturation < self.min_saturation:
+            return "other"
+        if hi == r:
+            hue = (60.0 * (g - b) / (hi - lo)) % 360.0
+        elif hi == g:
+            hue = 60.0 * (2.0 + (b - r) / (hi - lo))
+        else:
+            hue = 60.0 * (4.0 + (r - g) / (hi - lo))
+        for name, (low, high) in HUE_BANDS.items():
+            if (low <= hue <= high) if low <= high else (hue >= low or hue <= high):
+                return name
+        return "other"
+
     def _object(self, color: str, cover: np.ndarray, mask: np.ndarray) -> FoundObject:
         area = float(cover.sum())
         h, w = cover.shape
@@ -147,12 +233,18 @@ class Judge:
         cx, cy = float((gx * cover).sum() / area), float((gy * cover).sum() / area)
         ys, xs = np.nonzero(mask)
         aspect = (np.ptp(xs) + 1) / (np.ptp(ys) + 1)
+        sxx = float(((gx - cx) ** 2 * cover).sum() / area)
+        syy = float(((gy - cy) ** 2 * cover).sum() / area)
+        sxy = float(((gx - cx) * (gy - cy) * cover).sum() / area)
+        ev = np.linalg.eigvalsh(np.array([[sxx, sxy], [sxy, syy]]))
+        elongation = float(np.sqrt(ev[1] / max(ev[0], 1e-9)))
         scores = {shape: self._template_match(shape, cover, cx, cy, area) for shape in SHAPES}
         ratio = self._diagonal_ratio(xs, ys)
         if scores["triangle"] >= max(scores["circle"], scores["square"]):
             shape = "triangle"
-        else:  # circle or square: the corners tell (a square reaches sqrt(2) further along its diagonals)
-            shape = "square" if ratio >= self.square_ratio else "circle"
+        else:  # both fits and the corners tell (a square reaches sqrt(2) further along its diagonals)
+            lean = scores["square"] - scores["circle"] + self.diagonal_weight * (ratio - 1.16)
+            shape = "square" if lean > self.square_bias else "circle"
         problem = None
         if area < self.min_area:
             problem = "too small"
@@ -160,10 +252,30 @@ class Judge:
             problem = "too large"
         elif not 1 / self.max_aspect <= aspect <= self.max_aspect:
             problem = "elongated"
-        elif max(scores.values()) < self.min_shape_score:
-            problem = f"no clear shape (closest: {max(scores, key=scores.get)} {max(scores.values()):.2f})"
+        elif scores[shape] < self.min_fit[shape]:
+            problem = f"no clear shape (closest: {shape} {scores[shape]:.2f})"
+        elif shape != "triangle" and elongation > self.max_elongation:
+            problem = f"no clear shape (a {shape} elongated {elongation:.2f}:1)"
+        elif shape == "circle" and ratio < self.circle_min_diagonal:
+            problem = f"no clear shape (a circle with corners on its axes, diagonal ratio {ratio:.2f})"
+        elif shape == "square" and ratio < self.square_min_diagonal:
+            problem = f"no clear shape (a square without corners, diagonal ratio {ratio:.2f})"
+        scores = {**scores, "diagonal_ratio": ratio, "elongation": elongation}
         return FoundObject("blob" if problem and problem.startswith("no clear") else shape, color, cx, cy, area,
-                           {**scores, "diagonal_ratio": ratio}, problem)
+                           scores, problem, self._box(cover))
+
+    @staticmethod
+    def _box(cover: np.ndarray) -> tuple[float, float, float, float]:
+        """Sub-pixel bounding box (x0, y0, x1, y1) from coverage: the edge rows and columns count by
+        how much of them is covered."""
+        def span(profile: np.ndarray) -> tuple[float, float]:
+            idx = np.nonzero(profile > 0)[0]
+            lo, hi = int(idx[0]), int(idx[-1])
+            return lo + 1.0 - float(profile[lo]), hi + float(profile[hi])
+
+        x0, x1 = span(cover.max(axis=0))
+        y0, y1 = span(cover.max(axis=1))
+        return x0, y0, x1, y1
 
     @staticmethod
     def _diagonal_ratio(xs: np.ndarray, ys: np.ndarray) -> float:
@@ -212,8 +324,7 @@ class Judge:
             found = [objects[j] for j in order]
             if not all(f.shape == w.shape and (w.color is None or f.color == w.color) for f, w in zip(found, want)):
                 continue
-            if spec.relation is None or relation_holds(spec.relation, (found[0].x, found[0].y), (found[1].x, found[1].y),
-                                                       self.relation_min_shift, self.relation_dominance):
+            if spec.relation is None or spec.relation in box_relations(found[0].box, found[1].box, self.relation_margin):
                 return None
             relation_error = f"{found[0].color} {found[0].shape} is not {spec.relation} {found[1].color} {found[1].shape}"
         if relation_error is not None:
