@@ -12,8 +12,9 @@ cannot have optimised it. Per image:
 3. **Objects**: connected components (8-neighbourhood) of each colour. Small fringes
    touching a larger object of another colour (colour bleeding at edges) belong to it;
    any other component smaller than ``min_area`` is an unexplained blob. A component that
-   reads as no clean shape but splits, along its distance transform (watershed from two
-   seeds), into two clean shapes is two touching objects of one colour.
+   reads as no clean shape, is not convex (its area under ``max_solidity`` of its convex
+   hull's), and splits (a watershed on its distance transform from two seeds, or a straight cut
+   across its long axis) into two clean shapes is two touching objects of one colour.
 4. **Colour name**, from the mean RGB of the object's core (pixels at least 80% as bright as
    its brightest) in HSV: white when saturation <= ``white_max_saturation``; otherwise a
    palette colour when saturation >= ``min_saturation`` and the hue lies in that colour's
@@ -41,12 +42,14 @@ no unexplained pixels. ``correct``: valid, and exactly the objects the prompt na
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from itertools import permutations
 from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import ConvexHull
 
 from .grammar import PALETTE, SHAPES, SceneSpec, parse_prompt
 from .render import PlacedObject, box_relations, object_mask
@@ -97,7 +100,7 @@ class Judge:
                  split_tolerance: float = 0.2, max_aspect: float = 1.45, max_elongation: float = 1.25,
                  min_fit: dict | None = None, circle_min_diagonal: float = 0.83, square_min_diagonal: float = 1.1,
                  white_max_saturation: float = 0.16, min_saturation: float = 0.45, diagonal_weight: float = 0.25,
-                 square_bias: float = -0.005):
+                 square_bias: float = -0.005, max_solidity: float = 0.95):
         self.foreground_threshold = foreground_threshold
         self.color_tolerance = color_tolerance
         self.min_area = min_area
@@ -114,6 +117,7 @@ class Judge:
         self.min_saturation = min_saturation
         self.diagonal_weight = diagonal_weight
         self.square_bias = square_bias
+        self.max_solidity = max_solidity
 
     # -- reading a scene -----------------------------------------------------------------
     def read(self, image: np.ndarray) -> tuple[list[FoundObject], int]:
@@ -145,13 +149,12 @@ class Judge:
                 color = self._color_name(img, bright, mask)
                 cover = np.clip((bright - bg) / max(float(_PALETTE[k].max()) - bg, 1e-6), 0.0, 1.0)
                 found = self._object(color, cover * mask, mask)
-                if found.problem is not None:
-                    halves = self._split_touching(mask)
-                    if halves is not None:
-                        pair = [self._object(color, cover * h, h) for h in halves]
-                        if all(o.problem is None for o in pair):
-                            objects.extend(pair)
-                            continue
+                if found.problem is not None:  # two touching objects of one colour? the cut they fit best
+                    pairs = [[self._object(color, cover * h, h) for h in halves] for halves in self._split_touching(mask)]
+                    pairs = [pair for pair in pairs if all(o.problem is None for o in pair)]
+                    if pairs:
+                        objects.extend(max(pairs, key=lambda pair: min(o.scores[o.shape] for o in pair)))
+                        continue
                 objects.append(found)
         return objects, unexplained
 
@@ -174,36 +177,68 @@ class Judge:
         mean = chroma[region].mean(0)
         return [(int(np.linalg.norm(_CHROMA - mean, axis=1).argmin()), region)]
 
-    def _split_touching(self, mask: np.ndarray) -> list[np.ndarray] | None:
-        """Two masks, or None: ``mask`` cut in two by a watershed on its distance transform, seeded at
-        its two strongest distance peaks (or, with one peak, at +-1 std along its long axis)."""
+    def _split_touching(self, mask: np.ndarray) -> list[list[np.ndarray]]:
+        """Ways to cut ``mask`` in two (each a pair of masks): a watershed on its distance transform,
+        seeded at its two strongest distance peaks, one seeded at +-1 std along its long axis, and
+        straight cuts across the long axis within 3 pixels of the centre (objects touching along a side).
+        No cut for a convex mask (area at least ``max_solidity`` of its convex hull's)."""
         if mask.sum() < 2 * self.min_area:
-            return None
+            return []
+        ys, xs = np.nonzero(mask)
+        corners = np.concatenate([np.stack([xs + dx, ys + dy], 1) for dx in (0, 1) for dy in (0, 1)])
+        if mask.sum() >= self.max_solidity * ConvexHull(corners).volume:
+            return []  # convex (a rectangle, a blob without a neck): no sign of two objects
         edt = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+        seed_pairs = []
         peaks = (edt == ndimage.maximum_filter(edt, size=3)) & mask & (edt >= 1.5)
         lab, n = ndimage.label(peaks, structure=_EIGHT)
-        seeds = []
         if n >= 2:
             top = ndimage.maximum(edt, lab, index=np.arange(1, n + 1))
             order = np.argsort(top)[::-1][:2] + 1
-            seeds = [tuple(int(round(v)) for v in ndimage.center_of_mass(lab == o)) for o in order]
-        else:
-            ys, xs = np.nonzero(mask)
-            p = np.stack([ys, xs], 1).astype(np.float64)
-            mean = p.mean(0)
-            w, v = np.linalg.eigh(np.cov((p - mean).T))
-            step = np.sqrt(w[-1]) * v[:, -1]
-            seeds = [tuple(int(round(c)) for c in mean + sgn * step) for sgn in (-1, 1)]
-        markers = np.zeros(mask.shape, dtype=np.int16)
-        markers[~mask] = -1
+            seed_pairs.append([tuple(int(round(v)) for v in ndimage.center_of_mass(lab == o)) for o in order])
+        p = np.argwhere(mask).astype(np.float64)
+        mean = p.mean(0)
+        w, v = np.linalg.eigh(np.cov((p - mean).T))
+        step = np.sqrt(w[-1]) * v[:, -1]
+        seed_pairs.append([tuple(int(round(c)) for c in mean + sgn * step) for sgn in (-1, 1)])
+        cuts = []
+        along = (p - mean) @ v[:, -1]
+        for shift in range(-3, 4):
+            side = along < shift
+            halves = [np.zeros_like(mask), np.zeros_like(mask)]
+            for h, sel in zip(halves, (side, ~side)):
+                h[p[sel, 0].astype(int), p[sel, 1].astype(int)] = True
+            if all(h.sum() >= self.min_area for h in halves):
+                cuts.append(halves)
+        for seeds in seed_pairs:
+            owner = self._flood(mask, edt, seeds)
+            if owner is not None:
+                halves = [mask & (owner == i) for i in (1, 2)]
+                if all(h.sum() >= self.min_area for h in halves):
+                    cuts.append(halves)
+        return cuts
+
+    @staticmethod
+    def _flood(mask: np.ndarray, edt: np.ndarray, seeds) -> np.ndarray | None:
+        """Watershed: owner (1 or 2) of each pixel of ``mask``, flooded from ``seeds`` deepest first
+        (the cut falls on the neck); None when a seed lies outside the mask."""
+        owner = np.zeros(mask.shape, dtype=np.int8)
+        heap = []
         for i, (y, x) in enumerate(seeds, start=1):
-            if not (0 <= y < mask.shape[0] and 0 <= x < mask.shape[1]) or not mask[y, x]:
+            if not (0 <= y < mask.shape[0] and 0 <= x < mask.shape[1]) or not mask[y, x] or owner[y, x]:
                 return None
-            markers[y, x] = i
-        relief = np.clip(255 - 20 * edt, 0, 255).astype(np.uint8)
-        owner = ndimage.watershed_ift(relief, markers, structure=_EIGHT)
-        halves = [mask & (owner == i) for i in (1, 2)]
-        return halves if all(h.sum() >= self.min_area for h in halves) else None
+            owner[y, x] = i
+            heapq.heappush(heap, (-edt[y, x], len(heap), y, x))
+        count = len(heap)
+        while heap:
+            _, _, y, x = heapq.heappop(heap)
+            for ny in range(max(y - 1, 0), min(y + 2, mask.shape[0])):
+                for nx in range(max(x - 1, 0), min(x + 2, mask.shape[1])):
+                    if mask[ny, nx] and not owner[ny, nx]:
+                        owner[ny, nx] = owner[y, x]
+                        count += 1
+                        heapq.heappush(heap, (-edt[ny, nx], count, ny, nx))
+        return owner
 
     def _color_name(self, img: np.ndarray, bright: np.ndarray, mask: np.ndarray) -> str:
         """The palette name of the object's core colour (module docstring, step 4), or ``"other"``."""
