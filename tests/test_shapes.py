@@ -209,3 +209,22 @@ def test_bundled_generators_are_driven_by_their_family_steppers(variant):
     torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="prompt:.*grammar"):
         stepper.prepare("a dog")
+
+
+def test_benchmark_suites_and_splits():
+    """Each suite's tune and test splits are disjoint, alike in categories, and the hard suite has at
+    least 24 prompts in each split, none of them in the standard suite."""
+    standard = shapes.suite_prompts("standard")
+    assert standard == shapes.benchmark_prompts()
+    for suite in shapes.SUITES:
+        tune, test = shapes.suite_prompts(suite, "tune"), shapes.suite_prompts(suite, "test")
+        assert not {p for _, p in tune} & {p for _, p in test}
+        assert sorted(tune + test) == sorted(shapes.suite_prompts(suite, "all"))
+        assert {c for c, _ in tune} == {c for c, _ in test}
+        for category, prompt in tune + test:
+            assert shapes.parse_prompt(prompt).category == category
+    hard = shapes.suite_prompts("hard")
+    assert min(len(shapes.suite_prompts("hard", s)) for s in ("tune", "test")) >= 24
+    assert not {p for _, p in hard} & {p for _, p in standard}
+    with pytest.raises(ValueError, match="split"):
+        shapes.suite_prompts("hard", "train")
