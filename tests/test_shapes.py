@@ -96,10 +96,10 @@ def test_touching_objects_of_one_colour_are_two_objects(pair, gap):
 
 
 def test_off_palette_colours_and_near_shapes_are_rejected():
-    """The adversarial images (orange, red+yellow and green+yellow mixes as yellow, lavender as white,
-    magenta and pink as purple; a 45-degree diamond and a four-pointed star as circle; a quarter disc, a
-    corner-cut circle and 1.4:1 rectangles as square): none is accepted for its lax prompt, while the same
-    drawings in palette colours and true shapes are."""
+    """The adversarial images (orange, red+yellow and green+yellow mixes as yellow, lavender and grey as
+    white, magenta and pink as purple, maroon as red; a 45-degree diamond and a four-pointed star as
+    circle; a quarter disc, a corner-cut circle and 1.4:1 rectangles as square): none is accepted for its
+    lax prompt, while the same drawings in palette colours and true shapes are."""
     judge = shapes.Judge()
     cases = adversarial_cases(4)
     assert {c.name for c in cases} >= {f"{n} {s}" for n in OFF_PALETTE for s in ("circle", "square")} | {

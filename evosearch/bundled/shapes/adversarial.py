@@ -34,6 +34,8 @@ OFF_PALETTE = {
     "lavender": ((200, 180, 240), "white"),
     "magenta": ((225, 40, 215), "purple"),
     "pink": ((245, 140, 185), "purple"),
+    "grey": ((135, 135, 135), "white"),
+    "maroon": ((125, 25, 25), "red"),
 }
 
 

@@ -16,21 +16,23 @@ cannot have optimised it. Per image:
    hull's), and splits (a watershed on its distance transform from two seeds, or a straight cut
    across its long axis) into two clean shapes is two touching objects of one colour.
 4. **Colour name**, from the mean RGB of the object's core (pixels at least 80% as bright as
-   its brightest) in HSV: white when saturation <= ``white_max_saturation``; otherwise a
-   palette colour when saturation >= ``min_saturation`` and the hue lies in that colour's
-   band (:data:`HUE_BANDS`, degrees); anything else (orange, pink, magenta, lavender,
-   yellow-green...) is ``"other"``, which matches no named colour.
+   its brightest) in HSV: ``"other"`` when its brightness (max channel) is under
+   ``min_brightness`` (grey, maroon); white when saturation <= ``white_max_saturation``;
+   otherwise a palette colour when saturation >= ``min_saturation`` and the hue lies in that
+   colour's band (:data:`HUE_BANDS`, degrees); anything else (orange, pink, magenta, lavender,
+   yellow-green, grey...) is ``"other"``, which matches no named colour.
 5. **Shape**, from the coverage (brightness turned into the fraction of each pixel covered):
-   templates of each shape drawn as the renderer draws them, of the object's area and
-   centroid, give a fit (overlap, 1 = identical). A triangle fits its template best; between
-   circle and square the fits and the corners decide together: square when
-   ``fit_square - fit_circle + diagonal_weight (diagonal_ratio - 1.16) > square_bias``
-   (``diagonal_ratio``: how much further the object reaches along the diagonals than along the
-   axes; 1 for a disc, sqrt(2) for a square). The shape read must also pass its own checks: a fit of at least ``min_fit[shape]``; for circles and squares an
-   elongation (sqrt of the ratio of the second-moment eigenvalues) of at most
-   ``max_elongation``; a circle reaches about as far along the diagonals as along the axes
-   (``diagonal_ratio`` at least ``circle_min_diagonal``, which rejects diamonds and stars), a
-   square clearly further (at least ``square_min_diagonal``). Otherwise it is a "blob".
+   templates of each shape drawn as the renderer draws them, of the object's area and centroid,
+   give a fit (overlap, 1 = identical). A triangle fits its template best; between circle and
+   square the fits and the corners decide together: square when ``fit_square - fit_circle +
+   diagonal_weight (diagonal_ratio - 1.16) > square_bias`` (``diagonal_ratio``: how much
+   further the object reaches along the diagonals than along the axes; 1 for a disc, sqrt(2)
+   for a square). The shape read must also pass its own checks: a fit of at least
+   ``min_fit[shape]``; for circles and squares an elongation (sqrt of the ratio of the
+   second-moment eigenvalues) of at most ``max_elongation``; a circle reaches about as far
+   along the diagonals as along the axes (``diagonal_ratio`` at least ``circle_min_diagonal``,
+   which rejects diamonds and stars), a square clearly further (at least
+   ``square_min_diagonal``). Otherwise it is a "blob".
 6. **Positions**: GenEval's rule (:func:`~.render.box_relations`) on the objects' bounding boxes
    (sub-pixel, from coverage): centres offset by more than a margin of 0.1 x the two boxes'
    summed size per axis, and that axis holding more than half of the offset's length.
@@ -100,7 +102,8 @@ class Judge:
                  split_tolerance: float = 0.2, max_aspect: float = 1.45, max_elongation: float = 1.25,
                  min_fit: dict | None = None, circle_min_diagonal: float = 0.83, square_min_diagonal: float = 1.1,
                  white_max_saturation: float = 0.16, min_saturation: float = 0.45, diagonal_weight: float = 0.25,
-                 square_bias: float = -0.005, max_solidity: float = 0.95):
+                 square_bias: float = -0.005, max_solidity: float = 0.95,
+                 min_brightness: float = 0.55):
         self.foreground_threshold = foreground_threshold
         self.color_tolerance = color_tolerance
         self.min_area = min_area
@@ -118,6 +121,7 @@ class Judge:
         self.diagonal_weight = diagonal_weight
         self.square_bias = square_bias
         self.max_solidity = max_solidity
+        self.min_brightness = min_brightness
 
     # -- reading a scene -----------------------------------------------------------------
     def read(self, image: np.ndarray) -> tuple[list[FoundObject], int]:
@@ -246,6 +250,8 @@ class Judge:
         r, g, b = img[core].mean(0)
         hi, lo = max(r, g, b), min(r, g, b)
         saturation = (hi - lo) / max(hi, 1e-6)
+        if hi < self.min_brightness:
+            return "other"  # grey, maroon, olive...: too dark for any palette colour
         if saturation <= self.white_max_saturation:
             return "white"
         if saturation < self.min_saturation:
