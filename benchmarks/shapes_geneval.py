@@ -82,7 +82,24 @@ def read_records(path: Path) -> list[dict]:
 
 
 def record_key(r: dict) -> tuple:
-    return (r["suite"], r["reward_model"], r["method"], r["K"], r["prompt"], r["seed"])
+    return (r["suite"], r["reward_model"], r["method"], r["K"], r["prompt"], r["seed"], r.get("source", "run"))
+
+
+def deduplicate(records: list[dict]) -> tuple[list[dict], dict]:
+    """One record per (suite, reward, method, K, prompt, seed): a real run wins over the same winner
+    computed from a pool. Returns the records and how the two agreed where both exist."""
+    by = {}
+    for r in records:
+        by.setdefault(record_key(r)[:6], []).append(r)
+    out, same, both = [], 0, 0
+    for group in by.values():
+        runs = [r for r in group if r.get("source", "run") == "run"]
+        pools = [r for r in group if r.get("source") == "pool"]
+        if runs and pools:
+            both += 1
+            same += runs[-1]["image"] == pools[-1]["image"]
+        out.append((runs or pools)[-1])
+    return out, {"cells_with_both": both, "same_winner": same}
 
 
 def append_records(path: Path, rows: list[dict]) -> None:
@@ -96,11 +113,32 @@ def append_records(path: Path, rows: list[dict]) -> None:
 
 
 # ------------------------------------------------------------------------------ running
+def scores(reward, images: np.ndarray, prompt: str) -> np.ndarray:
+    return np.asarray(reward(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255, prompt), dtype=np.float64)
+
+
+def screening_winner(pool: dict, previews_of, final_rewards: np.ndarray, k: int, method) -> tuple[int, dict] | None:
+    """The index of the winner that ``method`` (EvoSearch with elites-only screening) picks at budget
+    K from this pool, and its plan; None when the pool is too small or the plan mutates. Exact: the
+    finished rows are the pool's candidates (``tests/test_search.py::
+    test_evosearch_screening_finishes_the_best_previews_as_best_of_n_draws_them``)."""
+    plan = method.plan(k * STEPS, STEPS)
+    d = plan.details
+    if not d.get("screen") or d["elite_size"] != d["population_schedule"][1]:
+        return None
+    (step,), (screened, finished) = d["evolution_schedule"], d["population_schedule"]
+    if screened > len(final_rewards) or f"preview_{step}" not in pool:
+        return None
+    top = np.argsort(-previews_of(step)[:screened], kind="stable")[:finished]
+    return int(top[np.argmax(final_rewards[top])]), {"nfe": plan.nfe, "screened": screened}
+
+
 def pool_records(pool: dict, prompt, category, seed, suite, split, reward_name, reward, judge, ks,
-                 seconds_per_candidate) -> list[dict]:
-    """Best-of-K (K in ``ks``), plain and oracle records of one pool under one reward."""
+                 seconds_per_candidate, methods=("best-of-n", "evosearch")) -> list[dict]:
+    """Best-of-K (K in ``ks``), plain and oracle records of one pool under one reward; with
+    "evosearch" in ``methods``, also the default EvoSearch's winners where the pool holds them."""
     final = pool["final"]
-    rewards = np.asarray(reward(torch.from_numpy(final).permute(0, 3, 1, 2).float() / 255, prompt), dtype=np.float64)
+    rewards = scores(reward, final, prompt)
     verdicts = judge(final, prompt)
     base = {"suite": suite, "split": split, "reward_model": reward_name, "prompt": prompt, "category": category,
             "seed": seed}
@@ -112,6 +150,17 @@ def pool_records(pool: dict, prompt, category, seed, suite, split, reward_name, 
         rows.append({**base, "method": "best-of-n", "K": k, "nfe": k * STEPS, "reward": float(rewards[w]),
                      "judge": bool(verdicts[w]["correct"]), "valid": bool(verdicts[w]["valid"]),
                      "seconds": round(seconds_per_candidate * k, 3), "image": image_hash(final[w])})
+    if "evosearch" in methods:
+        cache = {}
+        previews_of = lambda step: cache.setdefault(step, scores(reward, pool[f"preview_{step}"], prompt))  # noqa
+        for k in ks:
+            found = screening_winner(pool, previews_of, rewards, k, build_method("evosearch"))
+            if found is None:
+                continue
+            w, info = found
+            rows.append({**base, "method": "evosearch", "K": k, "nfe": info["nfe"], "reward": float(rewards[w]),
+                         "judge": bool(verdicts[w]["correct"]), "valid": bool(verdicts[w]["valid"]), "seconds": None,
+                         "image": image_hash(final[w]), "source": "pool", "screened": info["screened"]})
     rows.append({**base, "method": "plain", "K": 1, "nfe": STEPS, "reward": float(rewards.mean()),
                  "judge": float(np.mean([v["correct"] for v in verdicts])),
                  "valid": float(np.mean([v["valid"] for v in verdicts])), "seconds": seconds_per_candidate,
@@ -146,21 +195,21 @@ def run(args) -> None:
                 base = {"suite": args.suite, "split": split_of[prompt], "reward_model": args.reward, "prompt": prompt,
                         "category": category, "seed": seed}
                 if name == "best-of-n":
-                    if all((args.suite, args.reward, "best-of-n", k, prompt, seed) in done for k in args.budgets):
+                    if all((args.suite, args.reward, "best-of-n", k, prompt, seed, "run") in done for k in args.budgets):
                         continue
                     t = time.time()
                     collect(search, [prompt], [seed], POOL_SIZE, args.preview_steps, args.pool, STEPS)
                     pool = load_pool(args.pool, prompt, seed)
                     per = float(pool["seconds"]) / POOL_SIZE if "seconds" in pool else (time.time() - t) / POOL_SIZE
                     rows = pool_records(pool, prompt, category, seed, args.suite, split_of[prompt], args.reward,
-                                        reward, judge, args.budgets, per)
+                                        reward, judge, args.budgets, per, methods=("best-of-n",))
                     append_records(args.records, [r for r in rows if record_key(r) not in done])
                     done |= {record_key(r) for r in rows}
                     continue
                 method = build_method(name, **options.get(name, {}))
                 rows = []
                 for k in args.budgets:
-                    if (args.suite, args.reward, label, k, prompt, seed) in done:
+                    if (args.suite, args.reward, label, k, prompt, seed, "run") in done:
                         continue
                     t = time.time()
                     out = search(prompt, seed=seed, num_inference_steps=STEPS, nfe_budget=k * STEPS, method=method,
@@ -170,10 +219,34 @@ def run(args) -> None:
                     v = judge(img[None], prompt)[0]
                     rows.append({**base, "method": label, "K": k, "nfe": out.stats.nfe, "reward": float(out.best.reward),
                                  "judge": bool(v["correct"]), "valid": bool(v["valid"]), "seconds": round(seconds, 3),
-                                 "image": image_hash(img)})
+                                 "image": image_hash(img), "source": "run", "threads": torch.get_num_threads()})
                 append_records(args.records, rows)
                 done |= {record_key(r) for r in rows}
         print(f"{label}: done ({(time.time() - t_start) / 60:.1f} min so far)", flush=True)
+
+
+def score(args) -> None:
+    """Records from existing pools only (no search): best-of-K, plain, oracle, and the default
+    EvoSearch's winners where a pool holds them (``source`` "pool")."""
+    torch.set_num_threads(args.threads)
+    judge = shapes.Judge()
+    reward = load_reward(args.reward)
+    done = {record_key(r) for r in read_records(args.records)}
+    split_of = {p: s for s in ("tune", "test") for _, p in shapes.suite_prompts(args.suite, s)}
+    for category, prompt in shapes.suite_prompts(args.suite, args.split):
+        for seed in args.seeds:
+            pool = load_pool(args.pool, prompt, seed, extensions=args.extend)
+            if pool is None:
+                continue
+            per = float(pool["seconds"]) / len(pool["final"]) if "seconds" in pool else None
+            rows = pool_records(pool, prompt, category, seed, args.suite, split_of[prompt], args.reward, reward, judge,
+                                args.budgets, per)
+            for r in rows:
+                r.setdefault("source", "pool")
+            rows = [r for r in rows if record_key(r) not in done]
+            append_records(args.records, rows)
+            done |= {record_key(r) for r in rows}
+    print(f"scored pools of {args.suite}/{args.split} seeds {args.seeds} under {args.reward}")
 
 
 # ------------------------------------------------------------------------------ reporting
@@ -285,12 +358,15 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def report(args) -> None:
-    records = [r for path in args.records_in for r in read_records(path)]
+    records, agreement = deduplicate([r for path in args.records_in for r in read_records(path)])
     rows = summarize(records)
+    print(f"winners computed from pools and also run for real: {agreement['cells_with_both']} cells, the same "
+          f"winner in {agreement['same_winner']}")
     atomic_write_json(args.out, {"rows": rows, "settings": {
         "steps": STEPS, "guidance_scale": 2.0, "eta": 1.0, "pool_size": POOL_SIZE,
         "records": [str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else p.name for p in args.records_in],
-        "bootstrap": "95% percentile, 4000 resamples of prompts", "judge": "shapes.Judge()"}})
+        "bootstrap": "95% percentile, 4000 resamples of prompts", "judge": "shapes.Judge()",
+        "pool_vs_run": agreement}})
     plot(rows, args.out.with_suffix(".png"))
     print(markdown(rows))
     print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
@@ -315,11 +391,21 @@ def main(argv=None):
     r.add_argument("--records", type=Path, default=RECORDS)
     r.add_argument("--max-batch-size", type=int, default=64)
     r.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1, the seconds column's unit)")
+    c = sub.add_parser("score", help="records from existing candidate pools (no search)")
+    c.add_argument("--suite", choices=shapes.SUITES, default="hard")
+    c.add_argument("--split", choices=shapes.SPLITS, default="test")
+    c.add_argument("--reward", choices=REWARDS, default="shapes-clip")
+    c.add_argument("--seeds", type=int, nargs="+", default=[1000, 1001])
+    c.add_argument("--budgets", type=int, nargs="+", default=[4, 8, 16, 64, 128])
+    c.add_argument("--pool", type=Path, default=ROOT / ".cache" / "shapes_pools")
+    c.add_argument("--extend", type=Path, nargs="*", default=[], help="pool extension folders (shapes_pool.py --skip)")
+    c.add_argument("--records", type=Path, default=RECORDS)
+    c.add_argument("--threads", type=int, default=1)
     p = sub.add_parser("report", help="paired tables, JSON and plot from records")
     p.add_argument("--records-in", type=Path, nargs="+", default=[RECORDS])
     p.add_argument("--out", type=Path, default=RESULTS / "shapes_geneval.json")
     args = ap.parse_args(argv)
-    (run if args.command == "run" else report)(args)
+    {"run": run, "score": score, "report": report}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ class PoolCollector(SearchMethod):
 
     n: int = 16
     preview_steps: tuple = (4, 6, 8, 10, 12)
+    skip: int = 0  # draw the lineages of BestOfN(skip + n) and keep the last n (to extend a pool)
     sink: dict = field(default_factory=dict, compare=False, hash=False)
 
     name = "pool"
@@ -60,7 +61,7 @@ class PoolCollector(SearchMethod):
         return Plan(self.name, self.n * num_steps, self.n, {"n": self.n})
 
     def run(self, run) -> None:
-        lineages = run.new_lineages(self.n)
+        lineages = run.new_lineages(self.skip + self.n)[self.skip:]
         wave = run.max_batch_size
         finals, previews = [], {s: [] for s in self.preview_steps}
         for lo in range(0, self.n, wave):
@@ -83,20 +84,31 @@ def pool_path(folder: Path, prompt: str, seed: int) -> Path:
     return folder / f"{key}.npz"
 
 
-def load_pool(folder: Path, prompt: str, seed: int) -> dict | None:
+def load_pool(folder: Path, prompt: str, seed: int, extensions: tuple = ()) -> dict | None:
+    """The pool of (prompt, seed) in ``folder``, with the candidates of any ``extensions`` folders
+    (pools made with ``--skip`` = this pool's size) appended; None when there is none."""
     path = pool_path(folder, prompt, seed)
     if not path.is_file():
         return None
     with np.load(path) as data:
-        return {k: data[k] for k in data.files}
+        pool = {k: data[k] for k in data.files}
+    for ext in extensions:
+        more = load_pool(Path(ext), prompt, seed)
+        if more is not None:
+            for k in pool:
+                if k == "final" or k.startswith("preview_") or k == "seeds":
+                    pool[k] = np.concatenate([pool[k], more[k]])
+            pool["seconds"] = pool.get("seconds", 0) + more.get("seconds", 0)
+    return pool
 
 
-def collect(search, prompts: list[str], seeds: list[int], n: int, preview_steps, folder: Path, steps: int) -> None:
+def collect(search, prompts: list[str], seeds: list[int], n: int, preview_steps, folder: Path, steps: int,
+            skip: int = 0) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     todo = [(p, s) for p in prompts for s in seeds if not pool_path(folder, p, s).is_file()]
     t0 = time.time()
     for k, (prompt, seed) in enumerate(todo):
-        method = PoolCollector(n=n, preview_steps=tuple(preview_steps))
+        method = PoolCollector(n=n, preview_steps=tuple(preview_steps), skip=skip)
         t = time.time()
         search(prompt, seed=seed, num_inference_steps=steps, method=method, output_type="pt", progress=False)
         seconds = time.time() - t
@@ -119,6 +131,8 @@ def main(argv=None):
     ap.add_argument("--max-batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--skip", type=int, default=0, help="candidates to skip: extends a pool of --skip candidates "
+                    "(write to another folder; load_pool(..., extensions=[folder]) appends it)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     prompts = [p.strip() for p in args.prompts_file.read_text().splitlines() if p.strip()]
@@ -126,7 +140,8 @@ def main(argv=None):
     # the reward is not what the pool is for (re-scored later); the bundled one is cheap
     search = SearchPipeline.from_pipe(pipe, reward=shapes.load_reward(version="v1"), max_batch_size=args.max_batch_size,
                                       judge=False)
-    collect(search, prompts, args.seeds, args.n, args.preview_steps, args.out, pipe.default_num_inference_steps)
+    collect(search, prompts, args.seeds, args.n, args.preview_steps, args.out, pipe.default_num_inference_steps,
+            args.skip)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,8 @@ def main(argv=None):
     ap.add_argument("--reward", default="shapes-clip")
     ap.add_argument("--budgets", type=int, nargs="+", default=[4, 8, 16])
     ap.add_argument("--keep", type=float, nargs="+", default=[0.125, 0.25, 0.5])
+    ap.add_argument("--steps", type=int, nargs="+", default=None, help="screening steps (default: every preview)")
+    ap.add_argument("--agreement", action="store_true", help="also pick the winner on final + preview z-scores")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "shapes_tune.json")
     args = ap.parse_args(argv)
     reward = load_reward(args.reward)
@@ -71,7 +73,7 @@ def main(argv=None):
             base = {"prompt": prompt, "category": category, "seed": seed}
             for k in args.budgets:
                 records.append({**base, "method": "best-of-n", "K": k, "judge": bool(correct[np.argmax(final[:k])])})
-                for s in steps:
+                for s in [s for s in steps if args.steps is None or s in args.steps]:
                     for q in args.keep:
                         screened, finished, _ = screening_schedule(k * STEPS, STEPS, s, q)
                         if screened > n:
@@ -80,6 +82,11 @@ def main(argv=None):
                         w = top[np.argmax(final[top])]
                         records.append({**base, "method": f"screen s={s} keep={q}", "K": k,
                                         "judge": bool(correct[w]), "screened": screened})
+                        if args.agreement:  # the finished sample best on both views: z(final) + z(preview)
+                            z = lambda v: (v - v.mean()) / (v.std() + 1e-9)  # noqa: E731
+                            w = top[np.argmax(z(final[top]) + z(previews[s][top]))]
+                            records.append({**base, "method": f"screen s={s} keep={q} agree", "K": k,
+                                            "judge": bool(correct[w]), "screened": screened})
     prompts = {r["prompt"] for r in records}
     print(f"{len(prompts)} prompts x {len(args.seeds)} seeds, reward {args.reward}")
     print("preview AUC for the judge's verdict (mean over prompt-seeds with both outcomes):")
