@@ -60,19 +60,6 @@ def test_mkdocs_build_strict(tmp_path):
     assert "class HillClimb(SearchMethod):" in text  # the toy method's file, included whole
 
 
-@pytest.fixture
-def restored_registry():
-    from evosearch import registry
-
-    tables = [registry.METHODS, registry.POPULATION_PARAMETER, registry.METHOD_SUMMARIES, registry.PLAN_POPULATION,
-              registry.REWARDS, registry.MODELS]
-    saved = [dict(t) for t in tables]
-    yield
-    for t, s in zip(tables, saved):
-        t.clear()
-        t.update(s)
-
-
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_runnable_blocks(page, tmp_path, monkeypatch, restored_registry):
     monkeypatch.chdir(tmp_path)  # files a block writes land here

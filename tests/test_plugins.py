@@ -3,6 +3,7 @@ parameter itself; the registry's tables derive from the classes; third-party pac
 the ``evosearch.methods`` / ``evosearch.rewards`` entry points or ``registry.register_method``."""
 
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -20,18 +21,6 @@ sys.path.insert(0, str(PLUGINS))
 
 from toy_method import HillClimb  # noqa: E402
 from toy_reward import Brightness  # noqa: E402
-
-
-@pytest.fixture
-def clean_registry():
-    """Undo registrations made by a test."""
-    tables = [registry.METHODS, registry.POPULATION_PARAMETER, registry.METHOD_SUMMARIES, registry.PLAN_POPULATION,
-              registry.REWARDS, registry.MODELS]
-    saved = [dict(t) for t in tables]
-    yield
-    for t, s in zip(tables, saved):
-        t.clear()
-        t.update(s)
 
 
 def write_plugin_dist(folder: Path, entry_points: str, name: str = "evosearch_toy_plugin") -> Path:
@@ -54,7 +43,7 @@ def test_tables_derive_from_the_classes():
     assert list(registry.METHODS)[0] == "evosearch"  # the CLI's default comes first
 
 
-def test_register_method_makes_it_buildable(clean_registry):
+def test_register_method_makes_it_buildable(restored_registry):
     assert registry.register_method(HillClimb) is HillClimb
     assert registry.register_method(HillClimb) is HillClimb  # again: nothing changes
     method = registry.build_method("toy", population=3, rate=0.5)
@@ -67,7 +56,7 @@ def test_register_method_makes_it_buildable(clean_registry):
         registry.build_method("toy", steps=3)
 
 
-def test_register_method_refuses_what_it_cannot_list(clean_registry):
+def test_register_method_refuses_what_it_cannot_list(restored_registry):
     from dataclasses import dataclass
 
     @dataclass(frozen=True)
@@ -94,7 +83,7 @@ def test_register_method_refuses_what_it_cannot_list(clean_registry):
     assert "best-of-n" in registry.METHODS and registry.METHODS["best-of-n"].__name__ == "BestOfN"
 
 
-def test_toy_method_and_reward_search_the_shapes_world(clean_registry):
+def test_toy_method_and_reward_search_the_shapes_world(restored_registry):
     from evosearch import SearchPipeline
     from evosearch.bundled import shapes
 
@@ -111,7 +100,7 @@ def test_toy_method_and_reward_search_the_shapes_world(clean_registry):
     assert abs(float(Brightness()([replayed])[0]) - out.best.reward) < 1 / 255
 
 
-def test_a_broken_plugin_is_skipped_with_a_warning(tmp_path, monkeypatch, clean_registry):
+def test_a_broken_plugin_is_skipped_with_a_warning(tmp_path, monkeypatch, restored_registry):
     write_plugin_dist(tmp_path, "[evosearch.methods]\nbroken = no_such_module_xyz:Thing\n"
                                 "[evosearch.rewards]\ntoy-brightness = toy_reward:Brightness\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -128,15 +117,13 @@ def test_cli_runs_a_method_and_reward_from_an_entry_point(tmp_path):
     change to evosearch: ``evosearch generate --method toy --reward toy-brightness``."""
     site = write_plugin_dist(tmp_path / "site", "[evosearch.methods]\ntoy = toy_method:HillClimb\n"
                                                 "[evosearch.rewards]\ntoy-brightness = toy_reward:Brightness\n")
-    import os
-
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(PLUGINS), str(ROOT)]), OMP_NUM_THREADS="1",
                HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "evosearch.cli", "generate", "--method", "toy", "--reward", "toy-brightness",
            "--population", "2", "--nfe-budget", "24", "--steps", "4", "--prompt", "a red circle", "--quiet",
            "--out", str(out)]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr
     record = json.loads((out / "record.json").read_text())
     assert record["settings"]["method"]["method"] == "toy", record["settings"]
