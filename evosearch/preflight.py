@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .core.validation import ParameterError, check_int, describe
 from .registry import (DEFAULT_MODEL, MODELS, REWARDS, build_method, check_model_folder, default_reward, load_model,
-                       load_reward)
+                       load_reward, method_unavailable)
 
 #: trajectories' worth of NFE a search gets when neither --nfe-budget nor --population is given
 DEFAULT_TRAJECTORIES = 32
@@ -130,7 +130,7 @@ def resolve_model(model) -> str:
 
 def check_method_for_model(method: str, model: str) -> None:
     """A bundled model lists the methods it can run; refuse any other before loading it."""
-    if model in MODELS and method not in MODELS[model].methods:
+    if model in MODELS and method_unavailable(method, model):
         raise ParameterError(f"--method: {model} cannot run {method}; its methods are "
                              f"{', '.join(MODELS[model].methods)}")
 

@@ -12,26 +12,52 @@ from dataclasses import dataclass, fields
 from typing import Callable
 
 from .core.validation import ParameterError, check_choice, check_int, describe
+from .rewards import Aesthetic, CLIPScore, HPSv2, ImageReward, PickScore
 from .search import TTSVAR, BestOfN, EvoSearch, ParticleSearch, PathSearch, TreeOfFrames, ZeroOrderSearch
 from .search.method import SearchMethod
 
-#: name (as the CLI spells it) -> method class
-METHODS: dict[str, type[SearchMethod]] = {
-    "evosearch": EvoSearch, "best-of-n": BestOfN, "zero-order": ZeroOrderSearch, "paths": PathSearch,
-    "particles": ParticleSearch, "tts-var": TTSVAR, "tree-of-frames": TreeOfFrames,
-}
-#: what the front-ends' one "population" number sets, per method (None: the method sizes itself)
-POPULATION_PARAMETER = {"evosearch": None, "best-of-n": "n", "zero-order": "n_neighbors", "paths": "n_keep",
-                        "particles": "n_particles", "tts-var": "n", "tree-of-frames": "roots"}
-METHOD_SUMMARIES = {
-    "evosearch": "evolution over the initial noise and intermediate states (He et al. 2025)",
-    "best-of-n": "N independent samples, keep the best (random search)",
-    "zero-order": "neighbours of a pivot noise on a cosine sphere; move to the best",
-    "paths": "re-noise the best intermediate states, widen, denoise again",
-    "particles": "sequential Monte Carlo on reward potentials (FK steering)",
-    "tts-var": "next-scale models: shrinking batch, clustering then resampling (TTS-VAR)",
-    "tree-of-frames": "videos segment by segment, pruned by the reward (Video-T1)",
-}
+#: the methods this package ships, in the order the front-ends list them
+BUILTIN_METHODS: tuple[type[SearchMethod], ...] = (EvoSearch, BestOfN, ZeroOrderSearch, PathSearch, ParticleSearch,
+                                                    TTSVAR, TreeOfFrames)
+#: name (as the CLI spells it) -> method class; filled by :func:`register_method` from each class's ``name``
+METHODS: dict[str, type[SearchMethod]] = {}
+#: what the front-ends' one "population" number sets, per method (None: the method sizes itself); each
+#: class's ``population_parameter``
+POPULATION_PARAMETER: dict[str, str | None] = {}
+#: one line per method (each class's ``summary``), shown by the CLI, the Gradio app and ComfyUI
+METHOD_SUMMARIES: dict[str, str] = {}
+#: how many candidates one generation (or wave, or tree depth) of a method's plan holds at most (each
+#: class's ``plan_population``)
+PLAN_POPULATION: dict[str, Callable[[dict], int | None]] = {}
+
+
+def register_method(cls: type[SearchMethod]) -> type[SearchMethod]:
+    """Add a search method class to :data:`METHODS` (and the tables derived from it) under its ``name``;
+    the CLI, batch, the Gradio app and ComfyUI then offer it. Returns ``cls`` (usable as a decorator).
+    Registering the same class again does nothing; another class under a taken name is a ParameterError."""
+    from dataclasses import is_dataclass
+
+    if not (isinstance(cls, type) and issubclass(cls, SearchMethod) and is_dataclass(cls)):
+        raise ParameterError(f"method: expected a SearchMethod dataclass, got {describe(cls)}")
+    name = cls.name
+    if not isinstance(name, str) or not name or name == SearchMethod.name or name != name.strip():
+        raise ParameterError(f"method: {cls.__name__} needs a class attribute name (the registry name), "
+                             f"got {name!r}")
+    if METHODS.get(name, cls) is not cls:
+        raise ParameterError(f"method: the name {name!r} of {cls.__module__}.{cls.__qualname__} is taken by "
+                             f"{METHODS[name].__module__}.{METHODS[name].__qualname__}")
+    param = cls.population_parameter
+    if param is not None and param not in {f.name for f in fields(cls)}:
+        raise ParameterError(f"method: {cls.__name__}.population_parameter is {param!r}, not one of its fields "
+                             f"({', '.join(f.name for f in fields(cls))})")
+    METHODS[name], POPULATION_PARAMETER[name] = cls, param
+    METHOD_SUMMARIES[name] = cls.summary or (cls.__doc__ or name).strip().splitlines()[0]
+    PLAN_POPULATION[name] = cls.plan_population
+    return cls
+
+
+for _cls in BUILTIN_METHODS:
+    register_method(_cls)
 
 
 def method_options(name: str) -> tuple[str, ...]:
@@ -127,6 +153,17 @@ MODELS: dict[str, ModelEntry] = {
                                 ("tree-of-frames", "best-of-n", "evosearch")),
 }
 DEFAULT_MODEL = "shapes"
+
+
+def register_model(entry: ModelEntry) -> ModelEntry:
+    """Add a world (a :class:`ModelEntry`) to :data:`MODELS`; its ``reward`` must be a :data:`REWARDS`
+    name and its ``methods`` :data:`METHODS` names (check when registered). Returns ``entry``."""
+    if not isinstance(entry, ModelEntry):
+        raise ParameterError(f"model: expected a registry.ModelEntry, got {describe(entry)}")
+    if MODELS.get(entry.name, entry) != entry:
+        raise ParameterError(f"model: the name {entry.name!r} is taken ({MODELS[entry.name].summary})")
+    MODELS[entry.name] = entry
+    return entry
 
 
 def check_model_folder(path) -> str:
@@ -231,36 +268,8 @@ def _reward_moving_digits(checkpoint=None, device="cpu"):
     return moving_digits.load_reward(path=checkpoint)  # a tiny classifier: it runs on the CPU
 
 
-def _reward_clip(checkpoint=None, device="cpu"):
-    from .rewards.clip import CLIPScore
-
-    return CLIPScore(checkpoint=checkpoint, device=device) if checkpoint else CLIPScore(device=device)
-
-
-def _reward_aesthetic(checkpoint=None, device="cpu"):
-    from .rewards.clip import Aesthetic
-
-    return Aesthetic(mlp_checkpoint=checkpoint, device=device) if checkpoint else Aesthetic(device=device)
-
-
-def _reward_imagereward(checkpoint=None, device="cpu"):
-    from .rewards.imagereward import ImageReward
-
-    return ImageReward(checkpoint=checkpoint, device=device)
-
-
-def _reward_pickscore(checkpoint=None, device="cpu"):
-    from .rewards.pickscore import PICKSCORE_MODEL, PickScore
-
-    return PickScore(model=checkpoint or PICKSCORE_MODEL, device=device)
-
-
-def _reward_hpsv2(checkpoint=None, device="cpu"):
-    from .rewards.hps import HPSv2
-
-    return HPSv2(checkpoint=checkpoint, device=device)
-
-
+#: name -> reward entry: the bundled worlds' rewards (loaded lazily: a world imports its model code), then
+#: the reward classes that declare a ``registry_name`` (:data:`BUILTIN_REWARDS`), then registered plugins
 REWARDS: dict[str, RewardEntry] = {
     "shapes-clip": RewardEntry("shapes-clip", "the shapes world's contrastive image-text score (bundled; trained "
                                               "with hard negatives)", _reward_shapes, False,
@@ -272,17 +281,37 @@ REWARDS: dict[str, RewardEntry] = {
                           models=("digits", "var-digits")),
     "moving-digits": RewardEntry("moving-digits", "per-frame digit classifier on videos (bundled)",
                                  _reward_moving_digits, False, video=True, models=("moving-digits",)),
-    "clip": RewardEntry("clip", "CLIPScore (open_clip ViT; weights from the hub or --reward-checkpoint)",
-                        _reward_clip, True),
-    "aesthetic": RewardEntry("aesthetic", "LAION aesthetic predictor on CLIP ViT-L/14 (hub weights)",
-                             _reward_aesthetic, True),
-    "imagereward": RewardEntry("imagereward", "ImageReward human-preference score (BLIP; ImageReward.pt from the "
-                                              "hub or a checkpoint)", _reward_imagereward, True),
-    "pickscore": RewardEntry("pickscore", "PickScore human-preference score (CLIP ViT-H/14; hub weights or a "
-                                          "model folder)", _reward_pickscore, True),
-    "hpsv2": RewardEntry("hpsv2", "HPSv2.1 human-preference score (open_clip ViT-H/14; hub weights or a checkpoint)",
-                         _reward_hpsv2, True),
 }
+
+
+def register_reward(reward) -> object:
+    """Add a reward to :data:`REWARDS`: a :class:`~evosearch.rewards.Reward` subclass that declares
+    ``registry_name``, ``summary``, ``needs_weights`` (and optionally ``models``; its loader is the
+    classmethod ``from_checkpoint(checkpoint=None, device="cpu")``), or a :class:`RewardEntry`. The CLI,
+    batch, the Gradio app and ComfyUI then offer it. Returns ``reward`` (usable as a decorator)."""
+    from .rewards.base import Reward
+
+    if isinstance(reward, RewardEntry):
+        entry = reward
+    elif isinstance(reward, type) and issubclass(reward, Reward):
+        if not isinstance(reward.registry_name, str) or not reward.registry_name:
+            raise ParameterError(f"reward: {reward.__name__} needs a class attribute registry_name (its name in "
+                                 f"the registry), got {reward.registry_name!r}")
+        entry = RewardEntry(reward.registry_name, reward.summary or reward.__name__, reward.from_checkpoint,
+                            bool(reward.needs_weights), video=bool(reward.video_input), models=reward.models)
+    else:
+        raise ParameterError(f"reward: expected a Reward subclass or a RewardEntry, got {describe(reward)}")
+    taken = REWARDS.get(entry.name)
+    if taken is not None and taken.load != entry.load:
+        raise ParameterError(f"reward: the name {entry.name!r} is taken ({taken.summary})")
+    REWARDS[entry.name] = entry
+    return reward
+
+
+#: the reward classes this package registers by their ``registry_name`` (hub weights or a checkpoint)
+BUILTIN_REWARDS: tuple = (CLIPScore, Aesthetic, ImageReward, PickScore, HPSv2)
+for _cls in BUILTIN_REWARDS:
+    register_reward(_cls)
 
 
 def default_reward(model: str | None) -> str:
@@ -350,9 +379,10 @@ def makes_videos(model: str) -> bool:
 
 def method_unavailable(method: str, model: str) -> str | None:
     """Why ``method`` is not offered for the bundled model ``model`` (None: it is, or ``model`` is not
-    bundled and the Stepper's capabilities decide at run time)."""
+    bundled, or ``method`` is not one of :data:`BUILTIN_METHODS` (which a model's ``methods`` list): then
+    the Stepper's capabilities decide at run time)."""
     check_choice("method", method, METHODS)
-    if model not in MODELS or method in MODELS[model].methods:
+    if model not in MODELS or method in MODELS[model].methods or METHODS[method] not in BUILTIN_METHODS:
         return None
     where = [m for m, entry in MODELS.items() if method in entry.methods]
     return f"{method}: runs on {', '.join(where)}, not {model}"
@@ -381,17 +411,43 @@ def reward_unavailable(name: str, model: str | None = None, offline: bool = Fals
     return _missing("reward", name, REWARD_WEIGHTS.get(name))
 
 
-#: how many candidates one generation (or wave, or tree depth) of a method's plan holds at most
-PLAN_POPULATION = {
-    "best-of-n": lambda d: d["n"], "evosearch": lambda d: max(d["population_schedule"]),
-    "zero-order": lambda d: max(d["neighbors"], default=0) + 1, "particles": lambda d: d["n_particles"],
-    "paths": lambda d: max(d["n_start"], d["n_keep"] * d["width"]), "tts-var": lambda d: max(d["batch_sizes"]),
-    "tree-of-frames": lambda d: max(d["nodes"]),
-}
-
-
 def largest_population(plan) -> int:
-    """The most candidates a :class:`~evosearch.core.Plan` holds at once (for a method without an entry
-    in :data:`PLAN_POPULATION`: every sample it makes)."""
+    """The most candidates a :class:`~evosearch.core.Plan` holds at once (for a method whose
+    ``plan_population`` says None, or not registered: every sample it makes)."""
     read = PLAN_POPULATION.get(plan.method)
-    return int(read(plan.details)) if read is not None else int(plan.samples)
+    most = read(plan.details) if read is not None else None
+    return int(most) if most is not None else int(plan.samples)
+
+
+# ------------------------------------------------------------------------------------ plugins
+#: entry-point group -> how its entries are registered; an entry point names a SearchMethod class
+#: (``evosearch.methods``), a Reward class or RewardEntry (``evosearch.rewards``) or a ModelEntry
+#: (``evosearch.models``), e.g. in a plugin's pyproject.toml:
+#: ``[project.entry-points."evosearch.methods"] toy = "my_package.toy:ToySearch"``
+ENTRY_POINT_GROUPS: dict[str, Callable] = {"evosearch.methods": register_method,
+                                           "evosearch.rewards": register_reward,
+                                           "evosearch.models": register_model}
+
+
+def load_plugins() -> list[str]:
+    """Register what installed distributions declare under :data:`ENTRY_POINT_GROUPS` (run once when
+    this module is imported; running it again registers what was installed since). A plugin that cannot
+    be imported or registered is skipped with a warning naming its entry point, so one broken plugin
+    does not take the CLI down. Returns ``group:name`` of each entry point registered."""
+    import warnings
+    from importlib.metadata import entry_points
+
+    done = []
+    for group, register in ENTRY_POINT_GROUPS.items():
+        for ep in entry_points(group=group):
+            try:
+                register(ep.load())
+            except Exception as err:  # a third party's bug must not break the library's own front-ends
+                warnings.warn(f"evosearch plugin {group}:{ep.name} = {ep.value} was not registered "
+                              f"({type(err).__name__}: {err})", stacklevel=2)
+            else:
+                done.append(f"{group}:{ep.name}")
+    return done
+
+
+load_plugins()

@@ -29,3 +29,17 @@ def brightness():
     from evosearch import FunctionReward
 
     return FunctionReward(lambda images, prompts: images.mean(dim=(1, 2, 3)), name="brightness")
+
+
+@pytest.fixture
+def restored_registry():
+    """Undo what a test registers (methods, rewards, models) in evosearch.registry's tables."""
+    from evosearch import registry
+
+    tables = [registry.METHODS, registry.POPULATION_PARAMETER, registry.METHOD_SUMMARIES, registry.PLAN_POPULATION,
+              registry.REWARDS, registry.MODELS]
+    saved = [dict(t) for t in tables]
+    yield registry
+    for t, s in zip(tables, saved):
+        t.clear()
+        t.update(s)

@@ -102,6 +102,14 @@ class Aesthetic(Reward):
     """
 
     name = "aesthetic"
+    registry_name = "aesthetic"
+    summary = "LAION aesthetic predictor on CLIP ViT-L/14 (hub weights)"
+    needs_weights = True
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint=None, device="cpu") -> "Aesthetic":
+        """The LAION MLP from the hub, or a local MLP checkpoint as ``mlp_path``."""
+        return cls(mlp_path=checkpoint, device=device) if checkpoint else cls(device=device)
 
     def __init__(self, clip_model: str = "ViT-L-14", clip_pretrained: str | os.PathLike | None = "openai",
                  mlp_path: str | os.PathLike | None = None, device=None, batch_size: int = 32):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -127,6 +127,21 @@ class Reward:
     name: str = "reward"
     #: True: :meth:`score` receives videos (N, F, 3, H, W) whole; False: frames, averaged per video
     video_input: bool = False
+    #: the name in :data:`evosearch.registry.REWARDS` (as the CLI spells it); None: not in the registry
+    registry_name: ClassVar[str | None] = None
+    #: one line shown by the CLI, the Gradio app and ComfyUI
+    summary: ClassVar[str] = ""
+    #: True: without a checkpoint, :meth:`from_checkpoint` downloads weights (so offline it needs one)
+    needs_weights: ClassVar[bool] = False
+    #: the bundled models whose samples it is made for (None: any model)
+    models: ClassVar[tuple[str, ...] | None] = None
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint=None, device="cpu") -> "Reward":
+        """The reward as the registry loads it (``evosearch generate --reward NAME --reward-checkpoint
+        PATH``): from ``checkpoint`` (a local file or folder), or its default weights when None.
+        Default: ``cls(checkpoint=checkpoint, device=device)``; override where the argument differs."""
+        return cls(checkpoint=checkpoint, device=device)
 
     def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         raise NotImplementedError

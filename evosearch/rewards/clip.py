@@ -55,6 +55,14 @@ class CLIPScore(Reward):
 
     name = "clip_score"
     text_cache_size = 4096
+    registry_name = "clip"
+    summary = "CLIPScore (open_clip ViT; weights from the hub or --reward-checkpoint)"
+    needs_weights = True
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint=None, device="cpu") -> "CLIPScore":
+        """ViT-B-32 with OpenAI's weights, or a local open_clip checkpoint file as ``pretrained``."""
+        return cls(pretrained=checkpoint, device=device) if checkpoint else cls(device=device)
 
     def __init__(self, model_name: str = "ViT-B-32", pretrained: str | os.PathLike | None = "openai",
                  device=None, batch_size: int = 32):

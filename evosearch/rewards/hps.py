@@ -52,6 +52,14 @@ class HPSv2(CLIPScore):
     score_scale = 1.0  # HPSv2 reports the raw cosine (img @ txt.T diagonal), no x100
 
     name = "hpsv2"
+    registry_name = "hpsv2"
+    summary = "HPSv2.1 human-preference score (open_clip ViT-H/14; hub weights or a checkpoint)"
+    needs_weights = True
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint=None, device="cpu") -> "HPSv2":
+        """HPSv2.1 from the hub, or a local HPS checkpoint."""
+        return cls(checkpoint=checkpoint, device=device)
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, model_name: str = "ViT-H-14", device=None,
                  version: str = "v2.1", batch_size: int = 16):

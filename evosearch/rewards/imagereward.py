@@ -101,6 +101,9 @@ class ImageReward(Reward):
     """
 
     name = "imagereward"
+    registry_name = "imagereward"
+    summary = "ImageReward human-preference score (BLIP; ImageReward.pt from the hub or a checkpoint)"
+    needs_weights = True
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, med_config=None, device=None,
                  batch_size: int = 16, tokenizer=IMAGEREWARD_TOKENIZER, backend: str = "auto"):

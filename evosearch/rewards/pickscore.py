@@ -175,6 +175,14 @@ class PickScore(Reward):
     """
 
     name = "pickscore"
+    registry_name = "pickscore"
+    summary = "PickScore human-preference score (CLIP ViT-H/14; hub weights or a model folder)"
+    needs_weights = True
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint=None, device="cpu") -> "PickScore":
+        """PickScore from the hub, or a local model folder as ``model``."""
+        return cls(model=checkpoint or PICKSCORE_MODEL, device=device)
     text_cache_size = CLIPScore.text_cache_size
     # the same per-prompt LRU cache as CLIPScore (it only needs self.clip.encode_texts)
     text_embeddings = CLIPScore.text_embeddings

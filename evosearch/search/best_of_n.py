@@ -25,6 +25,12 @@ class BestOfN(SearchMethod):
     wave_size: int | None = None
 
     name = "best-of-n"
+    summary = "N independent samples, keep the best (random search)"
+    population_parameter = "n"
+
+    @staticmethod
+    def plan_population(details: dict) -> int:
+        return details["n"]
 
     def __post_init__(self):
         check_int("n", self.n, lo=1, allow_none=True, hint=" (None: use the whole nfe_budget)")

@@ -78,6 +78,12 @@ class EvoSearch(SearchMethod):
     elite_fraction: float = 1.0
 
     name = "evosearch"
+    summary = "evolution over the initial noise and intermediate states (He et al. 2025)"
+    population_parameter = None
+
+    @staticmethod
+    def plan_population(details: dict) -> int:
+        return max(details["population_schedule"])
 
     def __post_init__(self):
         if (self.evolution_schedule is None) != (self.population_schedule is None):

@@ -14,12 +14,24 @@ from ..core.validation import ParameterError
 class SearchMethod:
     """Base class of the search methods.
 
-    Subclasses set ``name`` (the registry's name, as the CLI spells it) and ``requires`` (the
-    Stepper capabilities every run needs, see :data:`evosearch.core.CAPABILITIES`), validate
-    their fields in ``__post_init__`` and implement :meth:`plan` and :meth:`run`."""
+    Subclasses set ``name`` (the registry's name, as the CLI spells it), ``summary`` (one line, shown
+    by the CLI, the Gradio app and ComfyUI), ``population_parameter`` (the field the front-ends' one
+    "population" number sets; None: the method sizes itself) and ``requires`` (the Stepper
+    capabilities every run needs, see :data:`evosearch.core.CAPABILITIES`), validate their fields in
+    ``__post_init__`` and implement :meth:`plan` and :meth:`run`. The registry
+    (:mod:`evosearch.registry`) reads these attributes: a new method is one file plus
+    :func:`evosearch.registry.register_method` or an ``evosearch.methods`` entry point."""
 
     name: ClassVar[str] = "method"
+    summary: ClassVar[str] = ""
+    population_parameter: ClassVar[str | None] = None
     requires: ClassVar[frozenset] = frozenset()
+
+    @staticmethod
+    def plan_population(details: dict) -> int | None:
+        """The most candidates one generation (wave, tree depth) of a plan with these ``details``
+        holds at once; None: every sample of the plan (the default)."""
+        return None
 
     def plan(self, nfe_budget: int | None, num_steps: int, num_segments: int | None = None) -> Plan:
         """What a run on ``num_steps`` steps (``num_segments`` segments, for segment models) will do

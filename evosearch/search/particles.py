@@ -73,7 +73,13 @@ class ParticleSearch(SearchMethod):
     standardize: bool = True
 
     name = "particles"
+    summary = "sequential Monte Carlo on reward potentials (FK steering)"
+    population_parameter = "n_particles"
     requires = frozenset({"gaussian", "predict", "stochastic"})
+
+    @staticmethod
+    def plan_population(details: dict) -> int:
+        return details["n_particles"]
 
     def __post_init__(self):
         check_int("n_particles", self.n_particles, lo=1, allow_none=True, hint=" (None: from the nfe_budget)")

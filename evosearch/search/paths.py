@@ -62,7 +62,13 @@ class PathSearch(SearchMethod):
     renoise_steps: int | None = None
 
     name = "paths"
+    summary = "re-noise the best intermediate states, widen, denoise again"
+    population_parameter = "n_keep"
     requires = frozenset({"gaussian", "predict"})
+
+    @staticmethod
+    def plan_population(details: dict) -> int:
+        return max(details["n_start"], details["n_keep"] * details["width"])
 
     def __post_init__(self):
         check_int("n_keep", self.n_keep, lo=1)

@@ -57,7 +57,13 @@ class TreeOfFrames(SearchMethod):
     keep: str | int = "median"
 
     name = "tree-of-frames"
+    summary = "videos segment by segment, pruned by the reward (Video-T1)"
+    population_parameter = "roots"
     requires = frozenset({"segments"})
+
+    @staticmethod
+    def plan_population(details: dict) -> int:
+        return max(details["nodes"])
 
     def __post_init__(self):
         check_int("roots", self.roots, lo=1, allow_none=True, hint=" (None: as many as nfe_budget allows)")

@@ -107,7 +107,13 @@ class TTSVAR(SearchMethod):
     features: str | Callable = "image"
 
     name = "tts-var"
+    summary = "next-scale models: shrinking batch, clustering then resampling (TTS-VAR)"
+    population_parameter = "n"
     requires = frozenset({"scales"})
+
+    @staticmethod
+    def plan_population(details: dict) -> int:
+        return max(details["batch_sizes"])
 
     def __post_init__(self):
         check_int("n", self.n, lo=1, allow_none=True, hint=" (None: from the nfe_budget)")

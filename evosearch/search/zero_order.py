@@ -44,7 +44,13 @@ class ZeroOrderSearch(SearchMethod):
     restart: str = "resample"
 
     name = "zero-order"
+    summary = "neighbours of a pivot noise on a cosine sphere; move to the best"
+    population_parameter = "n_neighbors"
     requires = frozenset({"gaussian"})
+
+    @staticmethod
+    def plan_population(details: dict) -> int:
+        return max(details["neighbors"], default=0) + 1
 
     def __post_init__(self):
         check_int("n_neighbors", self.n_neighbors, lo=1)
