@@ -216,7 +216,8 @@ def make_parser() -> argparse.ArgumentParser:
                                    "process k takes the prompts with index % num_processes == k.")
     b.add_argument("prompts", metavar="PROMPTS",
                    help=".txt (one prompt per line; blank and # lines skipped) or .jsonl (objects with \"prompt\" "
-                        "and optional \"seed\", \"id\", \"nfe_budget\", \"negative_prompt\")")
+                        "and optional \"seed\", \"id\", \"nfe_budget\", \"negative_prompt\", \"meta\"; other keys are "
+                        "refused)")
     b.add_argument("--out", required=True, metavar="DIR", help="output folder (results.jsonl, images/); required")
     add_search_args(b, device="auto")
     b.add_argument("--save-population", action="store_true",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..core.validation import ParameterError, check_int
 from .budget import run_total_budget
+from .lock import locked
 from .prompts import read_prompts
 from .results import RESULTS, load_results, spent_nfe, status
 from .runner import run_batch
@@ -82,6 +83,8 @@ def cmd_batch(args) -> int:
     pf.make_method(args.method, args.population, options)  # every flag checked before anything loads
     early_stop = pf.make_early_stop(args.patience, args.tol, args.target_reward, args.target_judge)
     total = None if args.total_nfe_budget is None else check_int("--total-nfe-budget", args.total_nfe_budget, lo=1)
+    if total is not None and args.population is not None:
+        raise ParameterError("--population: with --total-nfe-budget the budget sizes every search; leave it unset")
     if args.nfe_budget is not None:
         check_int("--nfe-budget", args.nfe_budget, lo=1)
     device = pf.check_device(args.device, allow_auto=True)
@@ -110,14 +113,14 @@ def cmd_batch(args) -> int:
     common = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, config=config,
                   save_population=args.save_population, progress=not args.quiet, state=state,
                   retry_failed=args.retry_failed)
-    if total is None:
-        summary = run_batch(search, items, out_dir, **common)
-    else:
-        if args.population is not None:
-            raise ParameterError("--population: with --total-nfe-budget the budget sizes every search; leave it unset")
-        search.load()
-        summary = run_total_budget(search, items, out_dir, total, trajectory_nfe=search.trajectory_nfe(),
-                                   viable=search.viable, nfe_budget=args.nfe_budget, **common)
+    # one run per --out, taken before the model loads: a second run is refused at once
+    with locked(out_dir, state, state.process_index, state.num_processes):
+        if total is None:
+            summary = run_batch(search, items, out_dir, **common)
+        else:
+            search.load()
+            summary = run_total_budget(search, items, out_dir, total, trajectory_nfe=search.trajectory_nfe(),
+                                       viable=search.viable, nfe_budget=args.nfe_budget, **common)
     if state.is_main_process:
         print_summary(args, items, out_dir, summary, state.num_processes, total, time.perf_counter() - t0)
     if state.num_processes > 1 and summary.complete:

@@ -10,6 +10,7 @@ from typing import Collection, Sequence
 import numpy as np
 
 from ..io import image_grid, portable, save_image
+from .lock import locked
 from .prompts import BatchItem
 from .results import append_line, fsync_dir, is_done, load_results, merge_results, repair_jsonl, spent_nfe, status
 
@@ -130,13 +131,16 @@ def wait_for_everyone(state, num_processes: int) -> None:
 
 
 def warn_other_settings(out_dir: Path, items, existing: dict, config: dict) -> None:
-    if not config:
-        return
+    """Warn (once) when a kept result was made with other settings than this run's: a
+    :data:`CONFIG_KEYS` setting, or the prompt's seed (``--seed``, or the .jsonl ``seed``)."""
     cmp = {k: config.get(k) for k in CONFIG_KEYS}
     for it in items:
-        old = (existing.get(it.id) or {}).get("config")
-        if old is not None and {k: old.get(k) for k in CONFIG_KEYS} != cmp:
-            diff = [k for k in CONFIG_KEYS if old.get(k) != cmp.get(k)]
+        rec = existing.get(it.id) or {}
+        old = rec.get("config")
+        diff = [] if old is None or not config else [k for k in CONFIG_KEYS if old.get(k) != cmp.get(k)]
+        if "seed" in rec and rec["seed"] != it.seed:
+            diff.append(f"seed: {rec['seed']} there, {it.seed} now")
+        if diff:
             print(f"evosearch batch: warning: {out_dir} holds results made with other settings "
                   f"({', '.join(diff)}); they are kept, not redone. Use a new --out to redo them.", file=sys.stderr)
             return
@@ -186,11 +190,19 @@ def run_batch(search, items: Sequence[BatchItem], out_dir, *, nfe_budget: int | 
     goes on; a re-run skips it unless ``retry_failed`` (True, or the ids to retry).
     ``state``: an ``accelerate.PartialState`` (default: one is created; a plain run is one
     process); ``process_index``/``num_processes`` override it (tests). After its share,
-    each process waits for the others and the main process merges the shards.
+    each process waits for the others and the main process merges the shards. ``out_dir`` is
+    locked meanwhile (:mod:`evosearch.batch.lock`): a second run on it is refused.
     """
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     process_index, num_processes, state = owner(state, process_index, num_processes)
+    with locked(out_dir, state, process_index, num_processes):
+        return _run_batch(search, items, out_dir, nfe_budget, num_inference_steps, guidance_scale, config,
+                          save_population, progress, state, process_index, num_processes, merge, retry_failed)
+
+
+def _run_batch(search, items, out_dir: Path, nfe_budget, num_inference_steps, guidance_scale, config,
+               save_population, progress, state, process_index, num_processes, merge, retry_failed) -> BatchSummary:
     config = dict(config or {})
 
     shard = out_dir / f"results.rank{process_index}.jsonl"
