@@ -226,15 +226,24 @@ def _reward_moving_digits(checkpoint=None, device="cpu"):
 
 
 def _reward_clip(checkpoint=None, device="cpu"):
+    """CLIPScore on ViT-B-32: OpenAI's weights from the hub; a checkpoint file (open_clip or OpenAI
+    state dict, .pt/.bin/.safetensors) of that architecture; or an open_clip model folder
+    (open_clip_config.json + weights, the layout of hub repos), whose config names the architecture."""
+    import os
+
     from .rewards.clip import CLIPScore
 
-    return CLIPScore(checkpoint=checkpoint, device=device) if checkpoint else CLIPScore(device=device)
+    if checkpoint is None:
+        return CLIPScore(device=device)
+    if os.path.isdir(checkpoint):
+        return CLIPScore(model_name=f"local-dir:{checkpoint}", device=device)
+    return CLIPScore(pretrained=checkpoint, device=device)
 
 
 def _reward_aesthetic(checkpoint=None, device="cpu"):
     from .rewards.clip import Aesthetic
 
-    return Aesthetic(mlp_checkpoint=checkpoint, device=device) if checkpoint else Aesthetic(device=device)
+    return Aesthetic(mlp_path=checkpoint, device=device) if checkpoint else Aesthetic(device=device)
 
 
 def _reward_imagereward(checkpoint=None, device="cpu"):
