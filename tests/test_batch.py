@@ -46,6 +46,13 @@ def slow_target_brightness(images, prompts):
     return target_brightness(images, prompts)
 
 
+def interrupt_at_third(images, prompts):
+    """target_brightness, except that a Ctrl-C lands while PROMPTS[2] is scored."""
+    if prompts[0] == PROMPTS[2]:
+        raise KeyboardInterrupt
+    return target_brightness(images, prompts)
+
+
 def gated_target_brightness(images, prompts):
     """Waits (up to 60 s) for the file named by $EVOSEARCH_TEST_GATE: holds a run mid-batch."""
     gate, deadline = Path(os.environ["EVOSEARCH_TEST_GATE"]), time.monotonic() + 60
@@ -624,3 +631,30 @@ def test_unknown_jsonl_keys_are_refused_by_name(tmp_path, line, match):
     p.write_text(line + "\n")
     with pytest.raises(ValueError, match=re.escape(match)):
         read_prompts(p)
+
+
+def test_disk_full_names_out_and_the_interrupted_summary_names_real_files(prompts_txt, model_dir, tmp_path, capsys,
+                                                                          monkeypatch):
+    """Issue 18: a full disk during a batch did not name --out; after Ctrl-C the summary named a
+    results.jsonl that does not exist."""
+    import errno
+
+    import evosearch.batch.runner as runner
+    from evosearch.cli import main
+
+    out = tmp_path / "out"
+    assert main(cli_args(prompts_txt, out, model_dir, reward="test_batch:interrupt_at_third")) == 130
+    text = capsys.readouterr().out
+    shown = text.split("  results    ", 1)[1].splitlines()[0]
+    assert shown.startswith(str(out / "results.rank0.jsonl")) and "merged into results.jsonl" in shown
+    assert (out / "results.rank0.jsonl").is_file() and not (out / "results.jsonl").exists()
+
+    def full(path, record):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(runner, "append_line", full)
+    assert main(cli_args(prompts_txt, out, model_dir)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"evosearch: error: --out: cannot write the result line of ")
+    assert f"to {str(out)!r} (No space left on device)" in err[0]
+    assert not (out / ".evosearch-batch.lock").exists()  # released on the error too

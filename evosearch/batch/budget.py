@@ -40,7 +40,7 @@ from ..core.validation import ParameterError
 from ..io import atomic_write_json
 from .lock import locked
 from .prompts import BatchItem
-from .results import load_results, merge_results, repair_jsonl, spent_nfe, status
+from .results import load_results, merge_results, repair_jsonl, spent_nfe, status, writing
 from .runner import (BatchSummary, Job, owner, progress_bar, run_batch, run_jobs, wait_for_everyone,
                      warn_other_settings)
 
@@ -192,7 +192,8 @@ def _run_total_budget(search, items, out_dir: Path, total, trajectory_nfe, viabl
     records = load_results(out_dir)
     if plan is None:
         if process_index == 0:
-            atomic_write_json(out_dir / PLAN, compute_plan(items, records, total, caps, trajectory_nfe, viable))
+            with writing(out_dir, PLAN):
+                atomic_write_json(out_dir / PLAN, compute_plan(items, records, total, caps, trajectory_nfe, viable))
         wait_for_everyone(state, num_processes)
         plan = load_plan(out_dir, total)
     rows = plan["prompts"]
@@ -219,7 +220,8 @@ def _run_total_budget(search, items, out_dir: Path, total, trajectory_nfe, viabl
     if complete:
         wait_for_everyone(state, num_processes)
         if process_index == 0:
-            results_path = merge_results(out_dir, items)
+            with writing(out_dir, "results.jsonl"):
+                results_path = merge_results(out_dir, items)
     return BatchSummary(total=len(items), assigned=first.assigned, skipped=first.skipped, ran=first.ran + len(second),
                         complete=complete, results_path=results_path, records=first.records + second,
                         failed=first.failed)

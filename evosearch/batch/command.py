@@ -87,10 +87,13 @@ def cmd_batch(args) -> int:
         raise ParameterError("--population: with --total-nfe-budget the budget sizes every search; leave it unset")
     if args.nfe_budget is not None:
         check_int("--nfe-budget", args.nfe_budget, lo=1)
-    device = pf.check_device(args.device, allow_auto=True)
-    out_dir = pf.check_out_dir(args.out)
+    # every check that needs no model comes before the model loads and before --out is created
+    pf.check_target_judge(args.target_judge, args.judge, model)
     reward = pf.reward_name(args.reward, model)
     pf.check_reward_checkpoint(args.reward_checkpoint)
+    pf.check_reward_choice(reward, model, args.reward_checkpoint)
+    device = pf.check_device(args.device, allow_auto=True)
+    out_dir = pf.check_out_dir(args.out)
     if args.quiet:
         pf.quiet_loading()
     from accelerate import PartialState
@@ -131,6 +134,19 @@ def cmd_batch(args) -> int:
     return 1 if any(status(done.get(it.id)) == "failed" for it in items) else 0
 
 
+def results_files(out: Path, summary) -> str:
+    """Where the results are: results.jsonl after a complete run; after an interrupt, the files that
+    exist (the shards are merged into results.jsonl by the run that completes)."""
+    if summary.results_path is not None:
+        return str(out / RESULTS)
+    from .results import shard_paths
+
+    there = [p for p in (out / RESULTS,) if p.is_file()] + shard_paths(out)
+    if not there:
+        return f"none written in {out}"
+    return ", ".join(str(out / p.name) for p in there) + " (merged into results.jsonl once a run completes)"
+
+
 def print_summary(args, items, out_dir: Path, summary, num_processes: int, total, seconds: float) -> None:
     """The run in a few lines: ok / failed / skipped, mean best reward, NFE, the failed prompts."""
     done = load_results(out_dir)
@@ -151,6 +167,6 @@ def print_summary(args, items, out_dir: Path, summary, num_processes: int, total
         print(f"  failed     ... and {len(failed) - LISTED_FAILURES} more (see results.jsonl)")
     if failed:
         print("  (--retry-failed re-runs the failed prompts; finished ones are kept)")
-    print(f"  results    {summary.results_path or Path(args.out) / RESULTS}")
+    print(f"  results    {results_files(Path(args.out), summary)}")
     if total is not None and (Path(out_dir) / "budget_plan.json").is_file():
         print(f"  plan       {Path(args.out) / 'budget_plan.json'}")

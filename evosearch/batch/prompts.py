@@ -64,7 +64,7 @@ def make_items(entries: Iterable[dict | str], base_seed: int = 0, source: str = 
         if not isinstance(prompt, str) or not prompt.strip():
             raise ParameterError(f"{where}: \"prompt\" must be a non-empty string, got {describe(prompt)}")
         seed = e.get("seed")
-        seed = base_seed + i if seed is None else check_int(f"{where}: seed", seed, lo=0)
+        seed = base_seed + i if seed is None else check_int(f"{where}: seed", seed, lo=0, hi=2 ** 64 - 1)
         budget = check_int(f"{where}: nfe_budget", e.get("nfe_budget"), lo=1, allow_none=True)
         neg = e.get("negative_prompt")
         if neg is not None and not isinstance(neg, str):

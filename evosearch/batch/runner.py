@@ -12,7 +12,8 @@ import numpy as np
 from ..io import image_grid, portable, save_image
 from .lock import locked
 from .prompts import BatchItem
-from .results import append_line, fsync_dir, is_done, load_results, merge_results, repair_jsonl, spent_nfe, status
+from .results import (append_line, fsync_dir, is_done, load_results, merge_results, repair_jsonl, spent_nfe, status,
+                      writing)
 
 # config keys whose change makes old results incomparable with new ones (warned about on resume)
 CONFIG_KEYS = ("method", "options", "population", "model", "reward", "reward_checkpoint", "steps", "guidance_scale",
@@ -86,13 +87,14 @@ def search_one(search, job: Job, out_dir: Path, steps, guidance_scale, config: d
     if out.best is not None:
         # the image first (atomic), the line after it: a line never points at a missing image
         rel = job.image_path()
-        save_image(out.best.image, out_dir / rel)
-        rec["image"], rec["best_reward"] = rel, float(out.best.reward)
-        if save_population and out.images:
-            rel_pop = rel.removesuffix(".png") + ".population.png"
-            save_image(image_grid(out.images), out_dir / rel_pop)
-            rec["population_image"] = rel_pop
-        fsync_dir((out_dir / rel).parent)
+        with writing(out_dir, f"the image of {it.id}"):
+            save_image(out.best.image, out_dir / rel)
+            rec["image"], rec["best_reward"] = rel, float(out.best.reward)
+            if save_population and out.images:
+                rel_pop = rel.removesuffix(".png") + ".population.png"
+                save_image(image_grid(out.images), out_dir / rel_pop)
+                rec["population_image"] = rel_pop
+            fsync_dir((out_dir / rel).parent)
     record = out.to_record()
     rec.update(stats=record["stats"], settings=record["settings"], lineage=record["lineage"],
                rewards=record["rewards"], plain_rewards=record["plain_rewards"], judge=record["judge"],
@@ -159,7 +161,8 @@ def run_jobs(search, jobs: Sequence[Job], out_dir: Path, shard: Path, *, steps, 
             return records, False  # e.g. a later wave cut short: the earlier result stands, the re-run redoes it
         rec = carry_failed_attempts(rec, previous.get(job.item.id))
         rec = finish(job, rec) if finish is not None else rec
-        append_line(shard, rec)
+        with writing(out_dir, f"the result line of {job.item.id}"):
+            append_line(shard, rec)
         records.append(rec)
         if bar is not None:
             bar.set_postfix(best="-" if rec.get("best_reward") is None else f"{rec['best_reward']:.4g}",
@@ -236,7 +239,8 @@ def _run_batch(search, items, out_dir: Path, nfe_budget, num_inference_steps, gu
     if complete and merge:
         wait_for_everyone(state, num_processes)
         if process_index == 0:
-            results_path = merge_results(out_dir, items)
+            with writing(out_dir, "results.jsonl"):
+                results_path = merge_results(out_dir, items)
     return BatchSummary(total=len(items), assigned=len(mine), skipped=len(mine) - len(todo), ran=len(records),
                         complete=complete, results_path=results_path, records=records,
                         failed=sum(status(r) == "failed" for r in records))
