@@ -653,8 +653,9 @@ def test_disk_full_names_out_and_the_interrupted_summary_names_real_files(prompt
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(runner, "append_line", full)
+    out = tmp_path / "full"
     assert main(cli_args(prompts_txt, out, model_dir)) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"evosearch: error: --out: cannot write the result line of ")
+    assert len(err) == 1 and err[0].startswith("evosearch: error: --out: cannot write the result line of ")
     assert f"to {str(out)!r} (No space left on device)" in err[0]
     assert not (out / ".evosearch-batch.lock").exists()  # released on the error too
