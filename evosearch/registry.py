@@ -287,7 +287,7 @@ REWARDS: dict[str, RewardEntry] = {
                           models=("digits", "var-digits")),
     "moving-digits": RewardEntry("moving-digits", "per-frame digit classifier on videos (bundled)",
                                  _reward_moving_digits, False, video=True, models=("moving-digits",)),
-    "clip": RewardEntry("clip", "CLIPScore (open_clip ViT; weights from the hub or --reward-checkpoint)",
+    "clip": RewardEntry("clip", "CLIPScore (open_clip ViT-B-32; weights from the hub or a local checkpoint)",
                         _reward_clip, True),
     "aesthetic": RewardEntry("aesthetic", "LAION aesthetic predictor on CLIP ViT-L/14 (hub weights)",
                              _reward_aesthetic, True),

@@ -279,6 +279,7 @@ def test_refused_requests_are_one_line_without_traceback(client, caplog, capfd, 
     text = html.unescape(str(err.value))  # the message is HTML (the page renders it), user text escaped
     assert re.search(message, text), text
     assert "\n" not in text and len(text) < 400
+    assert "SearchPipeline" not in text  # the page's words, not the library's (issue 18)
     logged = [r for r in caplog.records if r.name == "evosearch.app"]
     assert len(logged) == 1 and logged[0].getMessage() == f"refused request: {text}" and logged[0].exc_info is None
     assert "Traceback" not in capfd.readouterr().err

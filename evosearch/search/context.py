@@ -229,7 +229,7 @@ class SearchContext:
             try:
                 verdict = self.judge(self.best.image[None].float() / 255.0, self.prompt)[0]
             except Exception as err:  # the judge failed: say so (target_judge), keep the cause
-                name = getattr(self.judge, "name", type(self.judge).__name__)
+                name = getattr(self.judge, "name", None) or getattr(self.judge, "__name__", type(self.judge).__name__)
                 raise JudgeError(f"early_stop: target_judge: the judge {name} raised {type(err).__name__}: {err}") \
                     from err
             if verdict.get("correct"):

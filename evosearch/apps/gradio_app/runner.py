@@ -168,7 +168,7 @@ class SearchApp:
             plan = search.plan(s.prompt, nfe_budget=s.nfe_budget, num_inference_steps=s.steps,
                                guidance_scale=s.guidance_scale)
         except (ValueError, TypeError) as err:  # the model's and the method's own checks
-            raise ParameterError(views.one_line(err)) from None
+            raise ParameterError(views.for_page(views.one_line(err))) from None
         biggest = registry.largest_population(plan)
         param = registry.POPULATION_PARAMETER.get(s.method)
         if biggest > self.limits.max_population and s.population is None and param is not None:
