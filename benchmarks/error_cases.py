@@ -1,8 +1,9 @@
-"""Every unclear error and lenient input of the reliability issue, as a user meets them now.
+"""Every unclear error and lenient input of the reliability issues (12 and 18), as a user meets them now.
 
 Runs each case against the bundled shapes model (API) or the ``evosearch`` CLI (a real
 process) and prints what comes back: the exception type and its first line, or the CLI's exit
-code and stderr (a traceback would show as "Traceback"). Writes ``{"rows": [{"surface", "case",
+code and stderr (a traceback would show as "Traceback"). A case that is accepted shows what
+it did (e.g. the judge's verdict on a uint8 image). Writes ``{"rows": [{"surface", "case",
 "outcome", "message"}]}`` to ``--out`` (default benchmarks/results/error_cases.json).
 
     python benchmarks/error_cases.py
@@ -20,7 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from evosearch import BestOfN, EvoSearch, FunctionReward, SearchPipeline  # noqa: E402
+import torch  # noqa: E402
+
+from evosearch import BestOfN, EvoSearch, FunctionReward, ParticleSearch, SearchPipeline, testing  # noqa: E402
 from evosearch.bundled import digits, shapes  # noqa: E402
 from evosearch.io import atomic_write_json  # noqa: E402
 
@@ -83,13 +86,52 @@ def api_cases(tmp: Path) -> list[tuple[str, callable]]:
         ("replay {}", lambda: search.replay({})),
         ("digits prompt 'a cat'", lambda: SearchPipeline.from_pipe(
             digits.load_pipeline(), reward=digits.load_reward(), judge=False)("a cat", **ok)),
+        # -- issue 18 ------------------------------------------------------------------------
+        ("judge: a uint8 image", lambda: "verdict " + str(shapes.Judge()(image_u8(), prompt)[0]["correct"])),
+        ("reward: float pixels in 0-255", lambda: reward(image_u8().float(), prompt)),
+        ("reward: uint8 pixels", lambda: f"reward {float(reward(image_u8(), prompt)[0]):.4g}"),
+        ("reward returns complex numbers", lambda: SearchPipeline.from_pipe(
+            pipe, reward=FunctionReward(lambda im, p: [1 + 1j] * len(im), name="cplx"), judge=False)(prompt, **ok)),
+        ("another world's reward (digits on shapes)", lambda: SearchPipeline.from_pipe(
+            pipe, reward=digits.load_reward(), judge=False)(prompt, **ok)),
+        ("a judge that raises during early stop", lambda: judged_search()(prompt, **ok)),
+        ("SD at num_inference_steps=1000 (plan)", lambda: "plans " + str(SearchPipeline.from_pipe(
+            testing.tiny_sd(seed=0), reward=reward, judge=False).plan(prompt, num_inference_steps=1000).nfe) + " NFE"),
+        ("fixed population below the budget", lambda: SearchPipeline.from_pipe(
+            pipe, reward=reward, judge=False).plan(prompt, nfe_budget=320, num_inference_steps=20,
+                                                   method=ParticleSearch(n_particles=8))["note"]),
+        ("replay: lineage without 'model'", lambda: broken_lineage(lambda r: r.pop("model"))),
+        ("replay: sigma at step == num_steps", lambda: broken_lineage(
+            lambda r: (r.pop("check"), r["events"].append({"step": 2, "kind": "sigma", "seed": 1})))),
+        ("replay: edited step count", lambda: broken_lineage(
+            lambda r: r["request"].update(num_inference_steps=3))),
+        *[(f"replay: seed {s!r}", lambda s=s: broken_lineage(
+            lambda r: (r.pop("check"), r["events"][0].update(seed=s)))) for s in (-1, 1.5, 2 ** 80, "7")],
     ]
+
+
+def image_u8():
+    """A rendered shapes scene as a uint8 tensor (1, 3, H, W)."""
+    import numpy as np
+
+    return torch.from_numpy(np.asarray(shapes.render("a red circle", 0))).permute(2, 0, 1)[None].contiguous()
+
+
+def judged_search():
+    from evosearch.search.context import EarlyStop
+
+    def broken(images, prompts):
+        raise RuntimeError("the judge broke")
+
+    return SearchPipeline.from_pipe(shapes.load_pipeline(), reward=shapes.load_reward(), method=BestOfN(n=2),
+                                    judge=broken, early_stop=EarlyStop(target_judge=True))
 
 
 def run_api(name, fn) -> dict:
     try:
-        fn()
-        return {"surface": "api", "case": name, "outcome": "accepted", "message": ""}
+        said = fn()
+        return {"surface": "api", "case": name, "outcome": "accepted",
+                "message": first_line(said) if isinstance(said, str) else ""}
     except Exception as err:  # noqa: BLE001 -- the point is to show what comes back
         partial = getattr(err, "partial", None)
         kept = f" | .partial: best reward {partial.best.reward:.4g}, NFE {partial.stats.nfe}" if (
@@ -123,7 +165,22 @@ def cli_cases(tmp: Path) -> list[tuple[str, list[str]]]:
         ("a custom reward that raises", [*base, "--reward", "benchmarks.error_cases:raising_reward",
                                          "--out", str(tmp / "o7")]),
         ("prompt outside the grammar", [*base, "--prompt", "a cat", "--out", str(tmp / "o8")]),
+        # -- issue 18: refused before the model loads, and before --out is created ---------------
+        ("--reward digits on shapes", [*base, "--reward", "digits", "--out", str(tmp / "o9")]),
+        ("--target-judge with --judge none", [*base, "--target-judge", "--judge", "none", "--out", str(tmp / "o10")]),
+        ("--reward unknown", [*base, "--reward", "nope", "--out", str(tmp / "o11")]),
+        ("--seed -1", [*base, "--seed", "-1", "--out", str(tmp / "o12")]),
+        ("--num-segments -1 --num-frames 5 --fps nan on shapes",
+         [*base, "--num-segments", "-1", "--num-frames", "5", "--fps", "nan", "--out", str(tmp / "o13")]),
+        ("--fps 0 on moving-digits", [*base, "--model", "moving-digits", "--fps", "0", "--out", str(tmp / "o14")]),
+        ("batch: .jsonl key 'nfe_bugdet'", ["batch", str(typo_jsonl(tmp)), "--out", str(tmp / "o15"), "--quiet"]),
     ]
+
+
+def typo_jsonl(tmp: Path) -> Path:
+    path = tmp / "typo.jsonl"
+    path.write_text('{"prompt": "a red circle", "nfe_bugdet": 8}\n')
+    return path
 
 
 def raising_reward(images, prompts):
@@ -138,6 +195,9 @@ def run_cli(name, args) -> dict:
     err = p.stderr.strip()
     lines = [x for x in err.splitlines() if x.strip() and "Loading" not in x and "it/s]" not in x]
     traceback = any(x.startswith("Traceback") for x in lines)
+    out_arg = args[args.index("--out") + 1] if "--out" in args else None
+    if out_arg and p.returncode == 2 and not Path(out_arg).exists():
+        lines = [x + " [no --out folder left behind]" if x.startswith("evosearch: error") else x for x in lines]
     return {"surface": "cli", "case": name, "outcome": f"exit {p.returncode}" + (" + traceback" if traceback else ""),
             "message": first_line("\n".join(x for x in lines if x.startswith("evosearch")) or "\n".join(lines))}
 

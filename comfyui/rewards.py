@@ -64,13 +64,17 @@ def image_rewards() -> list[str]:
     return [name for name, entry in REWARDS.items() if not entry.video]
 
 
+#: the registry's clip reward (ViT-B-32, OpenAI's weights) as one open_clip file on the hub
+CLIP_HUB_FILE = ("timm/vit_base_patch32_clip_224.openai", "open_clip_pytorch_model.bin")
+
+
 def default_hub_file(name: str) -> tuple[str, str] | None:
     """(repo, file) a registry reward downloads when no checkpoint is given, where it is one file."""
     from evosearch.rewards.clip import AESTHETIC_HUB_FILENAME, AESTHETIC_HUB_REPO
     from evosearch.rewards.hps import HPS_HUB_FILENAMES, HPS_HUB_REPO
     from evosearch.rewards.imagereward import IMAGEREWARD_CHECKPOINT, IMAGEREWARD_HUB_REPO
 
-    return {"aesthetic": (AESTHETIC_HUB_REPO, AESTHETIC_HUB_FILENAME),
+    return {"clip": CLIP_HUB_FILE, "aesthetic": (AESTHETIC_HUB_REPO, AESTHETIC_HUB_FILENAME),
             "imagereward": (IMAGEREWARD_HUB_REPO, IMAGEREWARD_CHECKPOINT),
             "hpsv2": (HPS_HUB_REPO, HPS_HUB_FILENAMES["v2.1"])}.get(name)
 

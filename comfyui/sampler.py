@@ -248,7 +248,7 @@ def run_search(model, positive, negative, latent_image, vae, reward, reward_prom
     guider.set_cfg(cfg)
     progress = ComfyProgress(cm.utils, mm, plan.nfe, items=samples.shape[0])
     batch = max(1, min(max_batch_size, plan.nfe))  # what the memory estimate of model loading sees
-    outs, latents = [], []
+    outs, latents, unscored_nfe = [], [], 0
     for k in range(samples.shape[0]):
         item, done = samples[k:k + 1], {}
         tracker = BestLatentTracker(stepper)
@@ -279,6 +279,7 @@ def run_search(model, positive, negative, latent_image, vae, reward, reward_prom
                                  disable_pbar=True, seed=seed + k)
         except _NothingScored:
             best = None
+            unscored_nfe = int(done["out"].stats.nfe)  # spent on candidates that were not scored yet
         progress.finish_item()
         if best is not None:
             outs.append(done["out"])
@@ -286,7 +287,7 @@ def run_search(model, positive, negative, latent_image, vae, reward, reward_prom
         if best is None or not done["out"].complete:
             break  # interrupted: the later latents are not searched
     if len(outs) < samples.shape[0] or not outs[-1].complete:
-        spent = sum(o.stats.nfe for o in outs)
+        spent = sum(o.stats.nfe for o in outs) + unscored_nfe
         logging.info("[evosearch] interrupted after %d NFE (%d of %d latents with a result): %s", spent, len(outs),
                      samples.shape[0], "aborting" if on_interrupt == "abort" or not outs else
                      "returning the best samples so far")

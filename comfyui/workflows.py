@@ -9,7 +9,9 @@ A JPEG of the same name is the template's card. They are generated here from the
 that the files equal what this module builds.
 
 Each workflow: checkpoint -> prompts -> empty latent -> a CLIP-score reward -> EvoSearch
-Sampler (one method) -> Save Image (best sample, population grid) and Save Record.
+Sampler (one method) -> Save Image (best sample, population grid) and Save Record, with a Note
+saying which files it needs and where they go. ``evosearch_cpu-check.json`` is CPU-sized: a 64x64
+image (8x8 latent), 8 steps, best-of-4 with a model-free reward (no reward weights to download).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ METHOD_SETTINGS = {
     "best-of-n": {"nfe_budget": 320, "eta": 1.0},
     "zero-order": {"nfe_budget": 400, "eta": 1.0, "population": 4},
     "paths": {"nfe_budget": 400, "eta": 1.0},
-    "particles": {"nfe_budget": 320, "eta": 1.0, "population": 8},
+    "particles": {"nfe_budget": 320, "eta": 1.0, "population": 16},
 }
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 #: ComfyUI's core nodes the examples use: link inputs, widgets (in order, with defaults), outputs
@@ -36,7 +38,17 @@ CORE_NODES = {
     "CLIPTextEncode": ({"clip": "CLIP"}, {"text": ""}, ["CONDITIONING"]),
     "EmptyLatentImage": ({}, {"width": 512, "height": 512, "batch_size": 1}, ["LATENT"]),
     "SaveImage": ({"images": "IMAGE"}, {"filename_prefix": "ComfyUI"}, []),
+    "Note": ({}, {"text": ""}, []),  # the editor's note (a frontend-only node: never sent to the server)
 }
+CHECKPOINT_SOURCE = "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive"
+NEEDS_CHECKPOINT = (f"Needs: {CHECKPOINT} in ComfyUI/models/checkpoints/ (download it from {CHECKPOINT_SOURCE}; "
+                    "any SD1.5 checkpoint works: pick it in Load Checkpoint).")
+NEEDS_CLIP = ("The CLIP score reward needs open_clip_pytorch_model.bin (ViT-B-32, OpenAI's weights) from "
+              "https://huggingface.co/timm/vit_base_patch32_clip_224.openai: downloaded on the first run, or "
+              "(offline) put it anywhere and give its path in the reward node's checkpoint field.")
+#: the CPU-sized example: no reward weights, a 64x64 image, 8 steps, best-of-4
+CPU_EXAMPLE = "cpu-check"
+CPU_SETTINGS = {"nfe_budget": 32, "eta": 1.0, "steps": 8, "population": 4, "method": "best-of-n", "cfg": 7.0}
 
 
 def _is_widget(spec) -> bool:
@@ -110,33 +122,52 @@ def ui_workflow(nodes: list[dict]) -> dict:
 
 
 def example(method: str) -> dict:
-    """The example workflow of ``method``."""
-    settings = dict(METHOD_SETTINGS[method])
+    """The example workflow of ``method`` (or of :data:`CPU_EXAMPLE`: the CPU-sized check)."""
+    cpu = method == CPU_EXAMPLE
+    settings = dict(CPU_SETTINGS if cpu else METHOD_SETTINGS[method])
     sampler_inputs = {"model": (1, 0), "positive": (2, 0), "negative": (3, 0), "latent_image": (4, 0),
                       "vae": (1, 2), "reward": (5, 0), "reward_prompt": PROMPT, "method": method, "seed": 0,
                       "steps": 20, "cfg": 7.0, "scheduler": "karras", **settings}
+    reward = ({"id": 5, "type": "EvoSearchImageStatReward", "pos": (400, 550), "size": (320, 90),
+               "inputs": {"statistic": "contrast", "direction": "maximize"}} if cpu else
+              {"id": 5, "type": "EvoSearchReward", "pos": (400, 550), "size": (320, 110),
+               "inputs": {"reward": "clip", "checkpoint": "", "device": "auto"}})
+    latent = {"width": 64, "height": 64} if cpu else {}
+    needs = NEEDS_CHECKPOINT + ("" if cpu else " " + NEEDS_CLIP)
+    if cpu:
+        needs += (" A check that runs in minutes on a CPU: a 64x64 image, 8 steps, best of 4 samples, rewarded "
+                  "for contrast (a model-free reward: nothing to download).")
+    name = "cpu" if cpu else method
     nodes = [
         {"id": 1, "type": "CheckpointLoaderSimple", "pos": (40, 160), "size": (320, 100), "inputs": {}},
         {"id": 2, "type": "CLIPTextEncode", "pos": (400, 40), "size": (380, 160), "title": "Prompt",
          "inputs": {"clip": (1, 1), "text": PROMPT}},
         {"id": 3, "type": "CLIPTextEncode", "pos": (400, 240), "size": (380, 120), "title": "Negative prompt",
          "inputs": {"clip": (1, 1), "text": NEGATIVE}},
-        {"id": 4, "type": "EmptyLatentImage", "pos": (400, 400), "size": (320, 110), "inputs": {}},
-        {"id": 5, "type": "EvoSearchReward", "pos": (400, 550), "size": (320, 110),
-         "inputs": {"reward": "clip", "checkpoint": "", "device": "auto"}},
+        {"id": 4, "type": "EmptyLatentImage", "pos": (400, 400), "size": (320, 110), "inputs": latent},
+        reward,
         {"id": 6, "type": "EvoSearchSampler", "pos": (820, 40), "size": (400, 620), "inputs": sampler_inputs},
         {"id": 7, "type": "SaveImage", "pos": (1260, 40), "size": (420, 460), "title": "Best sample",
-         "inputs": {"images": (6, 1), "filename_prefix": f"evosearch/{method}_best"}},
+         "inputs": {"images": (6, 1), "filename_prefix": f"evosearch/{name}_best"}},
         {"id": 8, "type": "SaveImage", "pos": (1720, 40), "size": (420, 460), "title": "Final population",
-         "inputs": {"images": (6, 2), "filename_prefix": f"evosearch/{method}_population"}},
-        {"id": 9, "type": "EvoSearchSaveRecord", "pos": (1260, 540), "size": (420, 220),
-         "inputs": {"record_json": (6, 3), "filename_prefix": f"evosearch/{method}_record"}},
+         "inputs": {"images": (6, 2), "filename_prefix": f"evosearch/{name}_population"}},
+        {"id": 9, "type": "EvoSearchSaveRecord", "pos": (1260, 540), "size": (460, 260),
+         "inputs": {"record_json": (6, 3), "filename_prefix": f"evosearch/{name}_record"}},
+        {"id": 10, "type": "Note", "pos": (40, 320), "size": (320, 260), "title": "Files this workflow needs",
+         "inputs": {"text": needs}},
     ]
     return ui_workflow(nodes)
 
 
 def file_name(method: str) -> str:
     return f"evosearch_{method}.json"
+
+
+def example_names() -> list[str]:
+    """Every example: one per method, then the CPU-sized check."""
+    from .inputs import method_choices
+
+    return [*method_choices(), CPU_EXAMPLE]
 
 
 THUMBNAIL_SIZE = (400, 300)
@@ -157,10 +188,13 @@ def thumbnail(method: str):
     big, small = ImageFont.load_default(size=34), ImageFont.load_default(size=17)
     draw.text((24, 22), "EvoSearch Sampler", font=small, fill=(122, 162, 247))
     draw.text((24, 50), method, font=big, fill=(230, 233, 245))
-    for k, line in enumerate(textwrap.wrap(METHOD_SUMMARIES[method], 38)[:4]):
+    cpu = method == CPU_EXAMPLE
+    summary = "a quick check on a CPU: best of 4 at 64x64, a model-free reward" if cpu else METHOD_SUMMARIES[method]
+    for k, line in enumerate(textwrap.wrap(summary, 38)[:4]):
         draw.text((24, 110 + 24 * k), line, font=small, fill=(192, 202, 245))
-    settings = METHOD_SETTINGS[method]
-    draw.text((24, h - 44), f"SD1.5 · CLIP score · {settings['nfe_budget']} NFE", font=small, fill=(158, 206, 106))
+    settings = CPU_SETTINGS if cpu else METHOD_SETTINGS[method]
+    draw.text((24, h - 44), f"SD1.5 · {'contrast' if cpu else 'CLIP score'} · {settings['nfe_budget']} NFE",
+              font=small, fill=(158, 206, 106))
     return img
 
 
@@ -169,11 +203,9 @@ def dumps(workflow: dict) -> str:
 
 
 def write_examples(folder: Path = FOLDER) -> list[Path]:
-    from .inputs import method_choices
-
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for method in method_choices():
+    for method in example_names():
         path = folder / file_name(method)
         path.write_text(dumps(example(method)))
         thumbnail(method).save(path.with_suffix(".jpg"), quality=90)

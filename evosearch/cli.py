@@ -21,7 +21,7 @@ from .registry import DEFAULT_MODEL, METHODS, MODELS, POPULATION_PARAMETER, REWA
 #: parameters named in the library's errors -> the flags that set them
 FLAG_OF = {"prompt": "--prompt", "num_inference_steps": "--steps", "guidance_scale": "--guidance-scale",
            "nfe_budget": "--nfe-budget", "seed": "--seed", "num_frames": "--num-frames",
-           "num_segments": "--num-segments", "early_stop": "--target-judge", "eta": "--eta"}
+           "num_segments": "--num-segments", "early_stop": "--target-judge", "eta": "--eta", "reward": "--reward"}
 #: characters of an error message printed at most
 MESSAGE_CHARS = 1000
 
@@ -108,25 +108,33 @@ def cmd_generate(args) -> int:
     early_stop = pf.make_early_stop(args.patience, args.tol, args.target_reward, args.target_judge)
     if args.nfe_budget is not None:
         check_int("--nfe-budget", args.nfe_budget, lo=1)
+    # every check that needs no model comes before the model loads and before --out is created
+    check_int("--seed", args.seed, lo=0)
+    prompt = args.prompt if args.prompt is not None else pf.default_prompt(model)
+    pf.check_prompt_for(model, prompt)
+    pf.check_target_judge(args.target_judge, args.judge, model)
+    reward_name = pf.reward_name(args.reward, model)
+    pf.check_reward_checkpoint(args.reward_checkpoint)
+    pf.check_reward_choice(reward_name, model, args.reward_checkpoint)
+    video = {k: v for k, v in (("num_frames", args.num_frames), ("num_segments", args.num_segments)) if v is not None}
+    pf.check_video_flags(model, fps=args.fps, **video)
+    fps = 8.0 if args.fps is None else float(args.fps)
     device = pf.check_device(args.device)
     out_dir = pf.check_out_dir(args.out)
     if args.quiet:
         pf.quiet_loading()
-    reward_name = pf.reward_name(args.reward, model)
-    pf.check_reward_checkpoint(args.reward_checkpoint)
     search = pf.build_search(model, method, reward_name, args.reward_checkpoint, device=device,
                              max_batch_size=args.max_batch_size, eta=args.eta, judge=args.judge,
                              early_stop=early_stop, target_judge=args.target_judge)
+    pf.check_video_flags(model, search.stepper, fps=args.fps, **video)  # a folder's model, now that it is loaded
     budget = pf.default_nfe_budget(args.nfe_budget, args.population, args.steps, search.stepper)
-    prompt = args.prompt if args.prompt is not None else pf.default_prompt(model)
-    video = {k: v for k, v in (("num_frames", args.num_frames), ("num_segments", args.num_segments)) if v is not None}
     extra = {"model": model if model in MODELS else pf.user_path(model, out_dir), "reward": reward_name,
              "reward_checkpoint": pf.user_path(args.reward_checkpoint, out_dir), "method": args.method,
              "options": options, "judge_choice": args.judge}
 
     def write(out):
         try:
-            return write_outputs(out, out_dir, args.method, fps=args.fps, reward_name=reward_name, extra=extra)
+            return write_outputs(out, out_dir, args.method, fps=fps, reward_name=reward_name, extra=extra)
         except OSError as err:  # disk full, the folder removed meanwhile
             raise OSError(f"--out: cannot write the results to {str(out_dir)!r} ({err.strerror or err})") from err
 
@@ -142,8 +150,12 @@ def cmd_generate(args) -> int:
         write(partial)
         best = "no sample was scored" if partial.best is None else \
             f"the best so far (reward {partial.best.reward:.4g}) is in {out_dir}"
-        raise SearchFailed(f"the search stopped at NFE {partial.stats.nfe} on an error from the reward "
-                           f"{reward_name!r}: {type(err).__name__}: {err}; {best}") from err
+        from .search.context import CallbackError, JudgeError
+
+        source = "the judge (--target-judge)" if isinstance(err, JudgeError) else "a callback" if isinstance(
+            err, CallbackError) else f"the reward {reward_name!r}"
+        raise SearchFailed(f"the search stopped at NFE {partial.stats.nfe} on an error from {source}: "
+                           f"{type(err).__name__}: {err}; {best}") from err
     paths = write(out)
     print_summary(out, args.method, paths, time.perf_counter() - t0)
     return 0 if out.complete else 130
@@ -207,7 +219,8 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-frames", type=int, default=None, help="video models: frames (default: the model's)")
     g.add_argument("--num-segments", type=int, default=None,
                    help="segment models (moving-digits): segments per video (default: the model's)")
-    g.add_argument("--fps", type=float, default=8.0, help="video models: frames per second of best.mp4/.gif")
+    g.add_argument("--fps", type=float, default=None,
+                   help="video models: frames per second of best.mp4/.gif (default: 8)")
     g.set_defaults(func=cmd_generate)
 
     b = sub.add_parser("batch", help="search every prompt of a .txt/.jsonl file; resumable, multi-process",
@@ -218,7 +231,8 @@ def make_parser() -> argparse.ArgumentParser:
                                    "process k takes the prompts with index % num_processes == k.")
     b.add_argument("prompts", metavar="PROMPTS",
                    help=".txt (one prompt per line; blank and # lines skipped) or .jsonl (objects with \"prompt\" "
-                        "and optional \"seed\", \"id\", \"nfe_budget\", \"negative_prompt\")")
+                        "and optional \"seed\", \"id\", \"nfe_budget\", \"negative_prompt\", \"meta\"; other keys are "
+                        "refused)")
     b.add_argument("--out", required=True, metavar="DIR", help="output folder (results.jsonl, images/); required")
     add_search_args(b, device="auto")
     b.add_argument("--save-population", action="store_true",

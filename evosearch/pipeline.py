@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -15,7 +15,7 @@ from .core.records import Plan, SearchEvent, SearchStats
 from .core.stepper import check_capabilities
 from .core.validation import ParameterError, check_choice, check_int, describe
 from .judging import JudgeReport, as_judge, judge_output
-from .rewards.base import as_reward
+from .rewards.base import as_reward, check_reward_prompt
 from .search.context import EarlyStop, SearchInterrupted, SearchStopped
 from .search.engine import SearchRun
 from .search.method import SearchMethod
@@ -115,6 +115,20 @@ def check_prompt(stepper, prompt) -> None:
                              f"got {describe(prompt)}")
 
 
+def with_unspent_note(plan: Plan, nfe_budget: int | None, trajectory_nfe: int) -> Plan:
+    """``plan`` with a note (``details["unspent"]``, and a warning in the output) when it leaves more
+    than one trajectory (``trajectory_nfe`` NFE) of ``nfe_budget`` unspent: fixed sizes (a population
+    given) cap a search below its budget, and a user should not think the budget was used."""
+    if nfe_budget is None or nfe_budget - plan.nfe <= trajectory_nfe:
+        return plan
+    left = nfe_budget - plan.nfe
+    sizes = {k: v for k, v in plan.details.items() if isinstance(v, int) and not isinstance(v, bool)}
+    fixed = ", ".join(f"{k}={v}" for k, v in sizes.items()) or "its fixed sizes"
+    note = (f"{plan.method} plans {plan.nfe} of the {nfe_budget} NFE budget: {left} NFE ({left // trajectory_nfe} "
+            f"trajectories) stay unspent with {fixed}; leave the population unset to size the search from the budget")
+    return replace(plan, details={**plan.details, "unspent": left, "note": note})
+
+
 class SearchPipeline:
     """Test-time search around a diffusers pipeline.
 
@@ -188,7 +202,7 @@ class SearchPipeline:
                     for p, s in zip(prompt, seeds)]
         if isinstance(seed, (list, tuple)):
             raise ParameterError("seed: a list of seeds needs a list of prompts of the same length, got one prompt")
-        check_int("seed", seed, lo=0)
+        check_int("seed", seed, lo=0, hi=2 ** 64 - 1)
         check_int("nfe_budget", nfe_budget, lo=1, allow_none=True)
         check_choice("output_type", output_type, OUTPUT_TYPES)
         for name, fn in (("callback", callback), ("stop", stop)):
@@ -198,6 +212,7 @@ class SearchPipeline:
             raise ParameterError(f"early_stop: expected EarlyStop(...) or None, got {describe(early_stop)}")
         method = self.method if method is None else check_method(method)
         check_prompt(self.stepper, prompt)
+        check_reward_prompt(self.reward, prompt)
         early_stop = early_stop or self.early_stop
         if early_stop is not None and early_stop.target_judge and self.judge is None:
             raise ParameterError("early_stop: target_judge=True needs a judge (SearchPipeline(..., judge=...))")
@@ -232,7 +247,7 @@ class SearchPipeline:
         self.stepper.prepare(prompt, **request)
         plan = method.plan(nfe_budget, self.stepper.num_steps, getattr(self.stepper, "num_segments", None))
         check_capabilities(method.name, method.requirements(plan), self.stepper)
-        return plan
+        return with_unspent_note(plan, nfe_budget, self.stepper.num_steps)
 
     def plan(self, prompt, nfe_budget: int | None = None, method=None, **request) -> Plan:
         """What a search for ``prompt`` would do — its :class:`~evosearch.core.Plan` (NFE, sizes) — checked
@@ -241,6 +256,7 @@ class SearchPipeline:
         method = self.method if method is None else check_method(method)
         check_int("nfe_budget", nfe_budget, lo=1, allow_none=True)
         check_prompt(self.stepper, prompt)
+        check_reward_prompt(self.reward, prompt)
         with self._lock:
             return self._plan(method, prompt, nfe_budget, **request)
 
@@ -270,9 +286,11 @@ class SearchPipeline:
             frames = torch.stack([c.image if c.image.ndim == 3 else c.image[0] for c in run.plain])
             plain = convert_images(frames, output_type)
         report: JudgeReport = judge_output(self.judge, run, ranked)
+        note = None if run.plan is None else run.plan.details.get("note")
         return SearchPipelineOutput(images=images, rewards=[c.reward for c in ranked], best=best, stats=run.stats,
                                     history=list(run.history), complete=complete, settings=settings, videos=videos,
-                                    judge=report.verdicts, warnings=report.warnings, plain=plain,
+                                    judge=report.verdicts, warnings=([note] if note else []) + report.warnings,
+                                    plain=plain,
                                     plain_rewards=[c.reward for c in run.plain])
 
     @torch.no_grad()
@@ -288,12 +306,17 @@ class SearchPipeline:
             raise ParameterError(f"lineage: was made with eta={lineage.request.get('eta')}, this pipeline has "
                                  f"eta={self.stepper.eta}")
         mine = self.stepper.fingerprint()
-        if lineage.model and lineage.model != mine:
+        if not lineage.model:
+            raise ParameterError("lineage: has no 'model' fingerprint, so it cannot be told apart from a lineage of "
+                                 "another model; pass a lineage taken from a search output")
+        if lineage.model != mine:
             raise ParameterError(f"lineage: was made by another model ({lineage.model}); this pipeline's model is "
                                  f"{mine}")
         if "prompt" not in r:
             raise ParameterError("lineage: its request has no prompt")
         self.stepper.prepare(r.pop("prompt"), **r, **extra)
+        lineage.validate(self.stepper.num_steps, self.stepper.event_kinds_all)  # what is wrong, when it can say
+        lineage.check_unedited()
         return replay(self.stepper, lineage)
 
     def replay(self, lineage: Lineage | dict, output_type: str = "pil"):

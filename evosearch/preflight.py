@@ -14,9 +14,9 @@ import re
 import uuid
 from pathlib import Path
 
-from .core.validation import ParameterError, check_int, describe
+from .core.validation import ParameterError, check_int, check_number, describe
 from .registry import (DEFAULT_MODEL, MODELS, REWARDS, build_method, check_model_folder, default_reward, load_model,
-                       load_reward, method_unavailable)
+                       load_reward, makes_videos, method_unavailable, reward_unavailable)
 
 #: trajectories' worth of NFE a search gets when neither --nfe-budget nor --population is given
 DEFAULT_TRAJECTORIES = 32
@@ -149,6 +149,75 @@ def default_prompt(model: str) -> str:
 
 def reward_name(reward, model: str) -> str:
     return reward or default_reward(model)
+
+
+def check_reward_choice(name: str, model: str, checkpoint=None) -> None:
+    """Before any model loads: ``--reward`` is a registry name that can score ``model``'s samples
+    (not another world's, not videos for images), or ``module:attr`` naming something importable."""
+    if name in REWARDS:
+        why = reward_unavailable(name, model if model in MODELS else None, checkpoint=checkpoint)
+        if why is not None:
+            raise ParameterError(f"--reward: {why}")
+        return
+    if not isinstance(name, str) or ":" not in name:
+        raise ParameterError(f"--reward: unknown reward {name!r}; allowed: {', '.join(REWARDS)}, or module:attr "
+                             f"naming an importable Reward or callable")
+    import importlib
+
+    module, _, attr = name.partition(":")
+    try:
+        getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ParameterError(f"--reward: cannot import {name!r} ({err})") from None
+
+
+def check_prompt_for(model: str, prompt, flag: str = "--prompt") -> None:
+    """Before any model loads: a bundled model's own prompt check (the shapes grammar, a digit)."""
+    check = MODELS[model].check_prompt if model in MODELS else None
+    if check is None:
+        return
+    try:
+        check(prompt)
+    except (ValueError, TypeError) as err:
+        raise flag_error(None, err, {"prompt": flag}) from err
+
+
+def check_target_judge(target_judge: bool, judge: str, model: str) -> None:
+    """``--target-judge`` needs a judge: refused with ``--judge none`` before anything loads."""
+    if target_judge and judge == "none":
+        raise ParameterError("--target-judge: needs a judge, and --judge none turns it off")
+
+
+#: the flags of video models, and the request setting each sets (None: output only)
+VIDEO_FLAGS = {"--num-frames": "num_frames", "--num-segments": "num_segments", "--fps": None}
+
+
+def check_video_flags(model: str, stepper=None, **given) -> None:
+    """``--num-frames`` / ``--num-segments`` / ``--fps`` (``given`` by their setting names: num_frames,
+    num_segments, fps; None = not given): valid values, and only where the model uses them -- a
+    bundled model by the registry before it loads, a folder's model by its Stepper (``stepper``)."""
+    fps = given.get("fps")
+    if fps is not None:
+        check_number("--fps", fps, lo=0.0, lo_open=True)
+    for flag, key in VIDEO_FLAGS.items():
+        key = key or "fps"
+        if given.get(key) is None:
+            continue
+        if key != "fps":
+            check_int(flag, given[key], lo=1)
+        if model in MODELS:
+            uses = makes_videos(model) if key == "fps" else key in MODELS[model].extras
+        elif stepper is not None:
+            family = getattr(stepper, "family", None)
+            uses = family == "segments" if key == "num_segments" else family in ("video", "segments") and (
+                key == "fps" or family == "video")
+        else:
+            continue  # a folder's model: decided once it is loaded
+        if not uses:
+            videos = makes_videos(model) if model in MODELS else getattr(stepper, "family", None) in ("video",
+                                                                                                  "segments")
+            what = "makes images" if not videos else f"does not use {key}"
+            raise ParameterError(f"{flag}: {model} {what}, so {flag} would be ignored; leave it out")
 
 
 def check_reward_checkpoint(checkpoint) -> None:

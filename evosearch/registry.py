@@ -96,6 +96,10 @@ class ModelEntry:
     default_prompt: str
     examples: dict
     methods: tuple[str, ...]
+    #: the model's own prompt check, needing no weights (raises a ParameterError naming ``prompt``)
+    check_prompt: Callable[[object], object] | None = None
+    #: the request settings beyond the common ones that the model uses (``num_segments``, ``num_frames``)
+    extras: tuple[str, ...] = ()
 
 
 def _shapes(variant: str):
@@ -119,6 +123,18 @@ def _shapes_examples() -> dict:
 _IMAGE_METHODS = ("evosearch", "best-of-n", "zero-order", "paths", "particles")
 
 
+def _shapes_prompt(prompt):
+    from .bundled.shapes.grammar import parse_prompt
+
+    return parse_prompt(prompt)
+
+
+def _digit_prompt(prompt):
+    from .bundled.digits.prompt import parse_digit
+
+    return parse_digit(prompt)
+
+
 def _digits(device: str = "cpu"):
     from .bundled import digits
 
@@ -140,17 +156,17 @@ def _moving_digits(device: str = "cpu"):
 MODELS: dict[str, ModelEntry] = {
     "shapes": ModelEntry("shapes", "coloured shapes from compositional prompts (diffusion; exact judge)",
                          _shapes("diffusion"), "shapes-clip", "a yellow circle and a white square",
-                         {}, _IMAGE_METHODS),
+                         {}, _IMAGE_METHODS, _shapes_prompt),
     "shapes-flow": ModelEntry("shapes-flow", "the shapes world's flow-matching variant (exact judge)",
                               _shapes("flow"), "shapes-clip", "a yellow circle and a white square", {},
-                              _IMAGE_METHODS),
+                              _IMAGE_METHODS, _shapes_prompt),
     "digits": ModelEntry("digits", "handwritten digits 0-9 (class-conditional diffusion; SVC judge)", _digits,
-                         "digits", "3", {"digits": ["3", "7", "digit 2"]}, _IMAGE_METHODS),
+                         "digits", "3", {"digits": ["3", "7", "digit 2"]}, _IMAGE_METHODS, _digit_prompt),
     "var-digits": ModelEntry("var-digits", "handwritten digits, next-scale (VAR) model", _var_digits, "digits",
-                             "3", {"digits": ["3", "7"]}, ("tts-var", "best-of-n")),
+                             "3", {"digits": ["3", "7"]}, ("tts-var", "best-of-n"), _digit_prompt),
     "moving-digits": ModelEntry("moving-digits", "a digit sliding across the canvas (segment video model)",
                                 _moving_digits, "moving-digits", "3", {"digits": ["3", "5"]},
-                                ("tree-of-frames", "best-of-n", "evosearch")),
+                                ("tree-of-frames", "best-of-n", "evosearch"), _digit_prompt, ("num_segments",)),
 }
 DEFAULT_MODEL = "shapes"
 

@@ -46,6 +46,21 @@ def slow_target_brightness(images, prompts):
     return target_brightness(images, prompts)
 
 
+def interrupt_at_third(images, prompts):
+    """target_brightness, except that a Ctrl-C lands while PROMPTS[2] is scored."""
+    if prompts[0] == PROMPTS[2]:
+        raise KeyboardInterrupt
+    return target_brightness(images, prompts)
+
+
+def gated_target_brightness(images, prompts):
+    """Waits (up to 60 s) for the file named by $EVOSEARCH_TEST_GATE: holds a run mid-batch."""
+    gate, deadline = Path(os.environ["EVOSEARCH_TEST_GATE"]), time.monotonic() + 60
+    while not gate.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return target_brightness(images, prompts)
+
+
 # -- fixtures and helpers -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, pixel_pipe):
@@ -117,7 +132,7 @@ def test_read_prompts_txt_and_jsonl(tmp_path, prompts_txt):
     assert read_prompts(prompts_txt, base_seed=7)[3].id == items[3].id  # stable
 
     p = tmp_path / "p.jsonl"
-    p.write_text('{"prompt": "a 0.2", "seed": 42, "id": "first", "nfe_budget": 8, "category": "x"}\n\n'
+    p.write_text('{"prompt": "a 0.2", "seed": 42, "id": "first", "nfe_budget": 8, "meta": {"category": "x"}}\n\n'
                  '# a comment\n{"prompt": "b 0.8", "negative_prompt": "blurry"}\n')
     a, b = read_prompts(p, base_seed=100)
     assert (a.id, a.seed, a.nfe_budget, a.meta) == ("first", 42, 8, {"category": "x"})
@@ -542,3 +557,105 @@ def test_retries_stay_within_the_total():
     assert retry_allowance(items, records, None, 40, budgets, 2) == {items[0].id, items[1].id}  # 12 each
     records = {it.id: failed(5) for it in items[:3]}  # a second failure each: 30 spent, 5 promised
     assert retry_allowance(items, records, None, 40, budgets, 1) == {items[0].id}
+
+
+# -- issue 18: one run per --out, resume compares the seed, typos in .jsonl keys ----------
+def test_second_run_on_the_same_out_is_refused_naming_the_first(model_dir, tmp_path):
+    """Two ``evosearch batch`` runs on one --out: the second is refused before it loads anything,
+    naming the first run's pid; the first finishes undisturbed and releases the folder."""
+    out, prompts_txt = tmp_path / "out", tmp_path / "two.txt"
+    prompts_txt.write_text("\n".join(PROMPTS[:2]) + "\n")
+    args = [PY, "-m", "evosearch.cli"] + cli_args(prompts_txt, out, model_dir,
+                                                   reward="test_batch:gated_target_brightness")
+    gate = tmp_path / "gate"
+    env = dict(cli_env(), EVOSEARCH_TEST_GATE=str(gate))
+    first = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    try:
+        while not (out / ".evosearch-batch.lock").exists():
+            assert first.poll() is None, first.stdout.read().decode()
+            assert time.monotonic() < deadline, "no lock within 60 s"
+            time.sleep(0.01)
+        second = subprocess.run(args[:-1] + ["--seed", "5", "--quiet"], env=env, cwd=tmp_path,
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert "Traceback" not in second.stderr
+        assert f"--out: {str(out)!r} is in use by another evosearch batch run (pid {first.pid}" in second.stderr
+    finally:
+        gate.touch()
+        rc = first.wait(timeout=300)
+    assert rc == 0, first.stdout.read().decode()
+    assert [r["seed"] for r in read_jsonl(out / "results.jsonl")] == [0, 1]  # the first run's seeds
+    assert not (out / ".evosearch-batch.lock").exists()
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(search, prompts_txt, tmp_path, capsys):
+    from evosearch.batch.lock import LOCK
+
+    dead = subprocess.Popen([PY, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "1"}))
+    items = read_prompts(prompts_txt)[:2]
+    s = run_batch(search, items, out, nfe_budget=BUDGET, num_inference_steps=STEPS, progress=False)
+    assert s.complete and s.ran == 2
+    assert f"taking over the lock of {out} from pid {dead.pid}" in capsys.readouterr().err
+    assert not (out / LOCK).exists()
+    # a live process's lock (this test's parent, say) is refused by name, and left in place
+    (out / LOCK).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))
+    with pytest.raises(ValueError, match=rf"in use by another evosearch batch run \(pid {os.getppid()}"):
+        run_batch(search, items, out, nfe_budget=BUDGET, num_inference_steps=STEPS, progress=False)
+    assert (out / LOCK).exists()
+
+
+def test_resume_with_another_seed_warns(search, prompts_txt, tmp_path, capsys):
+    out = tmp_path / "out"
+    items = read_prompts(prompts_txt)[:2]
+    run_batch(search, items, out, nfe_budget=BUDGET, num_inference_steps=STEPS, progress=False, config={"a": 1})
+    capsys.readouterr()
+    s = run_batch(search, read_prompts(prompts_txt, base_seed=5)[:2], out, nfe_budget=BUDGET,
+                  num_inference_steps=STEPS, progress=False, config={"a": 1})
+    assert s.skipped == 2
+    assert "other settings (seed: 0 there, 5 now)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("line, match", [
+    ('{"prompt": "a", "nfe_bugdet": 8}', "line 1: unknown key 'nfe_bugdet'; did you mean 'nfe_budget'?"),
+    ('{"prompt": "a", "Seed": 3}', "unknown key 'Seed'; did you mean 'seed'?"),
+    ('{"prompt": "a", "category": "x"}', "unknown key 'category'; the keys are prompt, seed"),
+    ('{"prompt": "a", "meta": 3}', '"meta" must be an object'),
+])
+def test_unknown_jsonl_keys_are_refused_by_name(tmp_path, line, match):
+    p = tmp_path / "p.jsonl"
+    p.write_text(line + "\n")
+    with pytest.raises(ValueError, match=re.escape(match)):
+        read_prompts(p)
+
+
+def test_disk_full_names_out_and_the_interrupted_summary_names_real_files(prompts_txt, model_dir, tmp_path, capsys,
+                                                                          monkeypatch):
+    """Issue 18: a full disk during a batch did not name --out; after Ctrl-C the summary named a
+    results.jsonl that does not exist."""
+    import errno
+
+    import evosearch.batch.runner as runner
+    from evosearch.cli import main
+
+    out = tmp_path / "out"
+    assert main(cli_args(prompts_txt, out, model_dir, reward="test_batch:interrupt_at_third")) == 130
+    text = capsys.readouterr().out
+    shown = text.split("  results    ", 1)[1].splitlines()[0]
+    assert shown.startswith(str(out / "results.rank0.jsonl")) and "merged into results.jsonl" in shown
+    assert (out / "results.rank0.jsonl").is_file() and not (out / "results.jsonl").exists()
+
+    def full(path, record):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(runner, "append_line", full)
+    out = tmp_path / "full"
+    assert main(cli_args(prompts_txt, out, model_dir)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("evosearch: error: --out: cannot write the result line of ")
+    assert f"to {str(out)!r} (No space left on device)" in err[0]
+    assert not (out / ".evosearch-batch.lock").exists()  # released on the error too

@@ -275,3 +275,56 @@ def test_summary_prints_the_judge_and_its_warning(pixel_pipe, capsys):
     text = capsys.readouterr().out
     assert "judge      best incorrect" in text and "plain samples" in text
     assert "  warning    reward hacking suspected" in text
+
+
+# -- issue 18: checks that need no model come before it loads and before --out is created ------------
+NO_MODEL_CASES = {
+    "prompt-grammar": (["--model", "shapes", "--prompt", "a cat"], "--prompt"),
+    "target-judge-without-judge": (["--target-judge", "--judge", "none"], "--target-judge"),
+    "reward-unknown": (["--reward", "nope"], "--reward"),
+    "reward-of-another-world": (["--model", "shapes", "--reward", "digits"], "--reward: digits: made for digits"),
+    "reward-videos-for-images": (["--reward", "moving-digits"], "--reward"),
+    "seed": (["--seed", "-1"], "--seed"),
+    "num-segments-on-images": (["--model", "shapes", "--num-segments", "-1"], "--num-segments"),
+    "num-frames-on-images": (["--model", "shapes", "--num-frames", "5"], "--num-frames: shapes makes images"),
+    "fps-on-images": (["--model", "shapes", "--fps", "8"], "--fps: shapes makes images"),
+    "fps-nan": (["--model", "moving-digits", "--method", "best-of-n", "--fps", "nan"], "--fps"),
+    "fps-zero": (["--model", "moving-digits", "--method", "best-of-n", "--fps", "0"], "--fps"),
+    "num-frames-on-segments": (["--model", "moving-digits", "--method", "best-of-n", "--num-frames", "5"],
+                               "--num-frames: moving-digits does not use num_frames"),
+}
+
+
+@pytest.mark.parametrize("case", list(NO_MODEL_CASES))
+@pytest.mark.parametrize("command", ["generate", "batch"])
+def test_checks_that_need_no_model_come_first(case, command, tmp_path, capsys, monkeypatch):
+    import evosearch.preflight
+
+    args, flag = NO_MODEL_CASES[case]
+    if command == "batch" and any(a in args for a in ("--prompt", "--num-frames", "--num-segments", "--fps")):
+        pytest.skip("a generate flag")
+
+    def no_loading(*a, **k):
+        raise AssertionError("the model was loaded before a check that needs none")
+
+    monkeypatch.setattr(evosearch.preflight, "open_model", no_loading)
+    out = tmp_path / "run"
+    if command == "batch":
+        (tmp_path / "p.txt").write_text("3\n")
+        argv = ["batch", str(tmp_path / "p.txt"), *SMALL, "--device", "cpu", "--out", str(out), *args]
+    else:
+        argv = ["generate", *SMALL, "--out", str(out), *args]
+    assert_one_line_error(main(argv), capsys.readouterr().err, flag)
+    assert not out.exists()  # no empty --out folder left behind
+
+
+def test_a_reward_that_cannot_read_the_prompt_is_refused_before_compute(capsys):
+    """The library: a reward's own prompt check (digits' classifier on a shapes prompt) runs before the
+    first step -- it used to fail only after the first generation was denoised."""
+    from evosearch import BestOfN, SearchPipeline
+    from evosearch.bundled import digits, shapes
+
+    search = SearchPipeline.from_pipe(digits.load_pipeline(), reward=shapes.load_reward(), method=BestOfN(n=2))
+    with pytest.raises(ValueError, match=r"^reward: \S+ cannot score the prompt '3': prompt: "):
+        search("3", num_inference_steps=4, progress=False)
+    assert search.stepper.nfe == 0

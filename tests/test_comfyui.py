@@ -391,8 +391,9 @@ def test_example_workflows_one_per_method():
     workflows = pack_module("workflows")
     folder = PACK_DIR / "example_workflows"
     assert sorted(p.name for p in folder.glob("*.json")) == sorted(workflows.file_name(m)
-                                                                   for m in pack.inputs.method_choices())
-    for method in pack.inputs.method_choices():
+                                                                   for m in workflows.example_names())
+    for method in workflows.example_names():
+        cpu = method == workflows.CPU_EXAMPLE
         path = folder / workflows.file_name(method)
         wf = json.loads(path.read_text())
         assert path.read_text() == workflows.dumps(workflows.example(method)), f"{path.name}: regenerate it with " \
@@ -414,7 +415,18 @@ def test_example_workflows_one_per_method():
         values.pop(names.index("seed") + 1)  # the editor's "control after generate" value
         assert values[0] == workflows.PROMPT and len(values) == len(names)
         widgets = dict(zip(names, values))
-        assert widgets["method"] == method and widgets["nfe_budget"] == workflows.METHOD_SETTINGS[method]["nfe_budget"]
+        settings = workflows.CPU_SETTINGS if cpu else workflows.METHOD_SETTINGS[method]
+        assert widgets["method"] == (settings["method"] if cpu else method)
+        assert widgets["nfe_budget"] == settings["nfe_budget"]
+        # each workflow says which files it needs and where they go (issue 18)
+        (note,) = [n for n in wf["nodes"] if n["type"] == "Note"]
+        assert workflows.CHECKPOINT in note["widgets_values"][0] and "models/checkpoints" in note["widgets_values"][0]
+        if cpu:  # minutes on a CPU: a 64x64 image, a model-free reward, best of 4 at 8 steps
+            (latent,) = [n for n in wf["nodes"] if n["type"] == "EmptyLatentImage"]
+            assert latent["widgets_values"][:2] == [64, 64] and widgets["steps"] * 4 == widgets["nfe_budget"]
+            assert any(n["type"] == "EvoSearchImageStatReward" for n in wf["nodes"])
+        else:
+            assert "open_clip_pytorch_model.bin" in note["widgets_values"][0]
         assert widgets["scheduler"] in pack.inputs.FALLBACK_SCHEDULERS and widgets["denoise"] == 1.0
         linked = {i["name"] for i in sampler["inputs"] if i["link"] is not None}
         assert linked == {"model", "positive", "negative", "latent_image", "vae", "reward"}
@@ -1013,6 +1025,17 @@ def test_sampler_node_interrupt_returns_best_so_far(fake_comfy):
         run_node(model, method="best-of-n", nfe_budget=60, steps=6, population=10, max_batch_size=4)
 
 
+def test_cancel_before_the_first_wave_logs_the_nfe_spent(fake_comfy, caplog):
+    """Issue 18: the log said "interrupted after 0 NFE" when two micro-batches (8 NFE) were spent."""
+    import logging
+
+    model = FakeModel(interrupt_after=2, mm=fake_comfy.mm)
+    with caplog.at_level(logging.INFO), pytest.raises(fake_comfy.mm.InterruptProcessingException):
+        run_node(model, method="best-of-n", nfe_budget=60, steps=6, population=10, max_batch_size=4)
+    said = [r.getMessage() for r in caplog.records if "interrupted after" in r.getMessage()]
+    assert said and said[0].startswith(f"[evosearch] interrupted after {model.calls * 4} NFE (0 of 1 latents")
+
+
 def test_sampler_node_errors(fake_comfy):
     from evosearch.core.validation import ParameterError
 
@@ -1215,7 +1238,8 @@ def test_reward_loaders_offline_name_the_missing_file(tmp_path):
                 "clip": ("pretrained", "the open_clip weights 'openai' of 'ViT-B-32'"),
                 "pickscore": ("processor", "the hub models 'yuvalkirstain/PickScore_v1' (model)"),
                 "registry-imagereward": ("checkpoint", "ImageReward.pt from the Hugging Face hub repo"),
-                "registry-clip": ("checkpoint", "the weights of the reward 'clip'")}
+                "registry-clip": ("checkpoint", "open_clip_pytorch_model.bin from the Hugging Face hub repo "
+                                                "timm/vit_base_patch32_clip_224.openai")}
     for name, (option, what) in expected.items():
         kind, message = out[name]
         assert kind == "WeightsUnavailable", (name, kind, message)
@@ -1652,6 +1676,8 @@ def api_from_ui(workflow: dict, object_info: dict) -> dict:
     links = {lk[0]: lk for lk in workflow["links"]}
     api = {}
     for node in workflow["nodes"]:
+        if node["type"] in ("Note", "MarkdownNote"):  # the editor's own nodes: never sent to the server
+            continue
         spec = object_info[node["type"]]
         order = spec.get("input_order") or {s: list(spec["input"].get(s, {})) for s in ("required", "optional")}
         values, inputs = list(node["widgets_values"]), {}
@@ -1683,7 +1709,7 @@ def test_end_to_end_example_workflows(comfy_server):
     workflows = pack_module("workflows")
     methods = pack_module("inputs").method_choices()
     listed = s.requests.get(f"{s.url}/workflow_templates", timeout=10).json()
-    assert sorted(listed["evosearch"]) == sorted(workflows.file_name(m)[:-5] for m in methods)
+    assert sorted(listed["evosearch"]) == sorted(workflows.file_name(m)[:-5] for m in workflows.example_names())
     sys.path.insert(0, str(Path(COMFYUI_DIR).resolve()))
     try:  # ComfyUI's own reader of a pack's pyproject.toml (what its registry uses)
         from comfy_config import config_parser
@@ -1711,6 +1737,17 @@ def test_end_to_end_example_workflows(comfy_server):
         assert rec["complete"] and rec["settings"]["method"]["method"] == method and 0 < rec["stats"]["nfe"] <= 64
         assert len(s.saved(entry, "7")) == 1 and entry["outputs"]["9"]["text"][0].startswith("best reward")
     REPORT["example_workflows_seconds"] = seconds
+    # the CPU-sized example as shipped: only the checkpoint is the test's (the server has no SD1.5 weights)
+    r = s.requests.get(f"{s.url}/api/workflow_templates/evosearch/{workflows.file_name(workflows.CPU_EXAMPLE)}",
+                       timeout=10)
+    api = api_from_ui(r.json(), s.object_info)
+    api["1"]["inputs"]["ckpt_name"] = CKPT
+    t = time.monotonic()
+    entry = s.run(api)
+    REPORT["cpu_example_seconds"] = round(time.monotonic() - t, 2)
+    rec = json.loads(s.saved(entry, "9", "evosearch_records")[0].read_text())
+    assert rec["complete"] and rec["stats"]["nfe"] == workflows.CPU_SETTINGS["nfe_budget"]
+    assert rec["settings"]["method"]["method"] == "best-of-n" and len(s.saved(entry, "7")) == 1
 
 
 def listen(url: str, client_id: str, messages: list, stop):

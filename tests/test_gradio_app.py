@@ -256,8 +256,8 @@ def test_best_of_n_with_a_weighted_ensemble_and_a_random_seed(client):
 REFUSED = [
     (dict(nfe_budget=MAX_NFE + 1), rf"^nfe_budget: .*max_nfe_budget={MAX_NFE}$"),
     (dict(method="best-of-n", population=100), rf"^population: 100 exceeds .*max_population={MAX_POP}$"),
-    # the population a method sizes from the budget counts too (best-of-n: 2000 / 10 = 200)
-    (dict(method="best-of-n", nfe_budget=2000), rf"^population: best-of-n would hold 200 .*max_population={MAX_POP}"),
+    # the population a method sizes from the budget counts too (a method that sizes itself: no cap applies)
+    (dict(method="evosearch", nfe_budget=20000), rf"^population: evosearch would hold \d+ .*max_population={MAX_POP}"),
     (dict(weights="1, 2"), r"^weights: expected 1 weight"),
     (dict(prompt="a cat"), r"^prompt: expected an int 0-9 or a string such as"),
     (dict(method="tts-var"), r"^method: tts-var: runs on var-digits, not digits$"),
@@ -279,6 +279,7 @@ def test_refused_requests_are_one_line_without_traceback(client, caplog, capfd, 
     text = html.unescape(str(err.value))  # the message is HTML (the page renders it), user text escaped
     assert re.search(message, text), text
     assert "\n" not in text and len(text) < 400
+    assert "SearchPipeline" not in text  # the page's words, not the library's (issue 18)
     logged = [r for r in caplog.records if r.name == "evosearch.app"]
     assert len(logged) == 1 and logged[0].getMessage() == f"refused request: {text}" and logged[0].exc_info is None
     assert "Traceback" not in capfd.readouterr().err
@@ -377,7 +378,7 @@ def test_browser_page_at_1366x768(served, tmp_path):
             page.screenshot(path=str(shots / "gradio_ready.png"))
             run.click()
             try:
-                page.locator("#status").get_by_text("Done").wait_for(timeout=90_000)
+                page.locator("#status").get_by_text("Done").wait_for(timeout=240_000)  # 400 NFE of shapes on a busy CPU
                 page.wait_for_function(
                     """() => ['#plain-image', '#best-image', '#reward-plot', '#population'].every(sel => {
                         const imgs = [...document.querySelectorAll(sel + ' img')];
@@ -396,6 +397,7 @@ def test_browser_page_at_1366x768(served, tmp_path):
             # another model: its methods and rewards, and the reasons for the rest
             page.locator("#model input").click()
             page.get_by_role("option", name="moving-digits").click()
+            page.locator("#left-out summary").get_by_text("Not offered here").click()  # collapsed by default
             reason = page.locator("#left-out").get_by_text("clip: scores images, moving-digits makes videos")
             reason.wait_for(timeout=10_000)
             methods = page.evaluate("() => document.querySelector('#method input').value")
@@ -410,3 +412,137 @@ def test_browser_page_at_1366x768(served, tmp_path):
     assert columns and all(left >= 0 and right >= 0 for left, right in columns), f"a column is clipped: {columns}"
     assert re.search(r"plain r=\S+ [✓✗].*searched r=\S+ [✓✗].*plain accuracy \d+/\d+", verdict), verdict
     assert methods in registry.MODELS["moving-digits"].methods, methods
+
+
+# ------------------------------------------------------------------------------ issue 18
+def test_var_digits_runs_on_its_own_defaults(client):
+    """best-of-n on var-digits at the page's default budget (400) was refused ("would hold 66 candidates
+    ... max 64"): an "auto" population is capped at the server's limit, and the plan says what stays
+    unspent."""
+    status, plain, best, plot, verdict, gallery, record_file, seed = client.predict(
+        *run_args(model="var-digits", method="best-of-n", nfe_budget=400, steps=0), api_name="/run")
+    record = _record(record_file)
+    assert "Done (complete)" in status and record["settings"]["method"]["n"] == MAX_POP
+    assert record["stats"]["nfe"] == MAX_POP * record["settings"]["request"]["num_inference_steps"]
+    assert "stay unspent" in html.unescape(status)
+
+
+def test_refused_request_keeps_the_last_result_and_says_refused(served):
+    """After a refused request the status says so (not "Loading ...") and the last result stays."""
+    from gradio_client import Client
+
+    client = Client(served[1], verbose=False)
+    from gradio_client.exceptions import AppError
+
+    done = client.predict(*run_args(method="best-of-n", population=2, nfe_budget=20, steps=10), api_name="/run")
+    job = client.submit(*run_args(prompt="a cat"), api_name="/run")
+    with pytest.raises(AppError):
+        job.result(timeout=60)
+    updates = job.outputs()
+    assert updates and all("Loading" not in u[0] for u in updates)
+    assert "Refused" in updates[-1][0] and "prompt: expected an int 0-9" in html.unescape(updates[-1][0])
+    assert done[0].startswith('<div class="es-status"><b>Done')
+
+
+def _images_shown(page, sel: str) -> int:
+    return page.evaluate(f"""() => [...document.querySelectorAll('{sel} img')]
+        .filter(i => i.complete && i.naturalWidth > 0).length""")
+
+
+def _overlaps(a, b) -> bool:
+    return not (a["x"] + a["width"] <= b["x"] or b["x"] + b["width"] <= a["x"] or
+                a["y"] + a["height"] <= b["y"] or b["y"] + b["height"] <= a["y"])
+
+
+def _pick(page, elem_id: str, option: str):
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+    page.wait_for_timeout(300)
+
+
+def test_browser_refused_run_switch_cancel(served, tmp_path):
+    """The sequence of issue 18 in a browser: a refused request (the status says "Refused", no
+    "Loading", the toast clear of Run and Cancel) -> a valid run (its results shown) -> a refused
+    request again (the results stay) -> a model switch (the old model's results go, its grammar and
+    examples shown) -> a long run cancelled (the best so far, marked incomplete)."""
+    chromium = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    shots = Path(os.environ.get("EVOSEARCH_SCREENSHOT_DIR") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    seen = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1366, "height": 768})
+            page.goto(served[1], wait_until="domcontentloaded")
+            run, cancel, status = page.locator("#run-button"), page.locator("#cancel-button"), page.locator("#status")
+            run.wait_for(timeout=30_000)
+            _pick(page, "model", "digits")
+            seen["digits grammar"] = page.locator("#prompt").inner_text()
+            seen["left-out open"] = page.evaluate("() => document.querySelector('#left-out details').open")
+            seen["record visible"] = page.locator("#record").is_visible()
+            # 1. refused
+            page.locator("#prompt textarea").fill("a cat")
+            run.click()
+            status.get_by_text("Refused").wait_for(timeout=30_000)
+            toast = page.locator(".toast-body").first
+            toast.wait_for(timeout=10_000)
+            seen["toast over buttons"] = any(_overlaps(toast.bounding_box(), b.bounding_box()) for b in (run, cancel))
+            seen["refused status"] = status.inner_text()
+            page.screenshot(path=str(shots / "seq1_refused.png"))
+            # 2. a valid run
+            page.locator("#prompt textarea").fill("3")
+            _pick(page, "method", "best-of-n")
+            page.locator("#es-budget input").fill("40")
+            run.click()
+            status.get_by_text("Done").wait_for(timeout=120_000)
+            page.wait_for_function("() => document.querySelectorAll('#best-image img').length > 0", timeout=30_000)
+            seen["done best"] = _images_shown(page, "#best-image")
+            seen["record after run"] = page.locator("#record").is_visible()
+            page.screenshot(path=str(shots / "seq2_done.png"))
+            # 2b. refused again: the results stay
+            page.locator("#prompt textarea").fill("eleven")
+            run.click()
+            status.get_by_text("Refused").wait_for(timeout=30_000)
+            seen["best after refusal"] = _images_shown(page, "#best-image")
+            seen["gallery after refusal"] = _images_shown(page, "#population")
+            page.screenshot(path=str(shots / "seq3_refused_again.png"))
+            # 3. model switch: the old results go
+            _pick(page, "model", "shapes")
+            status.get_by_text("Ready").wait_for(timeout=30_000)
+            page.wait_for_timeout(500)
+            seen["best after switch"] = _images_shown(page, "#best-image")
+            seen["gallery after switch"] = _images_shown(page, "#population")
+            seen["status after switch"] = status.inner_text()
+            seen["record after switch"] = page.locator("#record").is_visible()
+            seen["shapes grammar"] = page.locator("#prompt").inner_text()
+            seen["examples"] = page.locator("#examples").inner_text()
+            page.screenshot(path=str(shots / "seq4_switched.png"))
+            # 4. a long run, cancelled once a best sample shows
+            _pick(page, "model", "digits")
+            page.locator("#prompt textarea").fill("7")
+            _pick(page, "method", "zero-order")
+            page.locator("#es-budget input").fill(str(MAX_NFE))
+            run.click()
+            page.wait_for_function("() => document.querySelectorAll('#best-image img').length > 0", timeout=90_000)
+            cancel.click()
+            status.get_by_text("Cancelled").wait_for(timeout=60_000)
+            seen["cancelled status"] = status.inner_text()
+            seen["cancelled best"] = _images_shown(page, "#best-image")
+            page.screenshot(path=str(shots / "seq5_cancelled.png"))
+        finally:
+            browser.close()
+    print(f"\n[gradio sequence] screenshots in {shots}")
+    assert "Prompts: a digit" in seen["digits grammar"] and seen["left-out open"] is False
+    assert seen["record visible"] is False
+    assert "Refused" in seen["refused status"] and "Loading" not in seen["refused status"]
+    assert "prompt: expected an int 0-9" in seen["refused status"] and not seen["toast over buttons"]
+    assert seen["done best"] == 1 and seen["record after run"]
+    assert seen["best after refusal"] == 1 and seen["gallery after refusal"] >= 1
+    assert seen["best after switch"] == 0 and seen["gallery after switch"] == 0
+    assert "Ready" in seen["status after switch"] and "model shapes" in seen["status after switch"]
+    assert seen["record after switch"] is False
+    assert "SHAPE" in seen["shapes grammar"] and "COLOR" in seen["shapes grammar"]
+    assert "one object · " in seen["examples"] and "single_object" not in seen["examples"]
+    assert "Cancelled: the best so far (incomplete)" in seen["cancelled status"] and seen["cancelled best"] == 1

@@ -165,3 +165,66 @@ def test_records_never_hold_absolute_paths(tmp_path):
     assert written["reward"] == "DigitClassifierReward(path=PosixPath('bundled:digits/classifier'))"
     assert written["files"] == ["best.png"] and written["prompt"] == "/home/me is a prompt"
     assert str(tmp_path) not in json.dumps(written)
+
+
+def test_a_judge_that_raises_during_early_stop_is_named_and_keeps_the_best(sd, brightness):
+    """Issue 18: a judge raising inside the target_judge check escaped as a raw RuntimeError."""
+    from evosearch.search.context import EarlyStop, JudgeError
+
+    def broken_judge(images, prompts):
+        raise RuntimeError("judge exploded")
+
+    search = SearchPipeline.from_pipe(sd, reward=brightness, method=BestOfN(n=2), max_batch_size=2,
+                                      judge=broken_judge, early_stop=EarlyStop(target_judge=True))
+    with pytest.raises(JudgeError, match=r"^early_stop: target_judge: the judge \S+ raised RuntimeError: judge "
+                                         r"exploded") as info:
+        search("a cat", num_inference_steps=STEPS, progress=False)
+    partial = info.value.partial
+    assert partial.best is not None and not partial.complete and partial.stats.nfe == 2 * STEPS
+
+
+def test_replay_refuses_edited_lineages(pixel_pipe, brightness):
+    """Issue 18: replay accepted lineages with no model fingerprint, a change of state at the last step,
+    seeds -1 / 1.5 / 2**80 / strings, and an edited step count."""
+    search = SearchPipeline.from_pipe(pixel_pipe, reward=brightness, method=EvoSearch(
+        evolution_schedule=[0, 2], population_schedule=[4, 3, 3], elite_size=1), max_batch_size=4)
+    out = search("", seed=1, num_inference_steps=STEPS, progress=False, output_type="pt")
+    lineage = out.best.lineage.to_dict()
+    torch.testing.assert_close(search.replay(lineage, output_type="pt"), out.best.image, atol=1 / 255, rtol=0)
+    unchecked = {k: v for k, v in lineage.items() if k != "check"}
+    init = lineage["events"][0]
+    cases = [
+        ({k: v for k, v in lineage.items() if k != "model"}, "lineage: has no 'model' fingerprint"),
+        ({**unchecked, "events": [init, {"kind": "sigma", "step": STEPS, "seed": 3}]},
+         rf"event 1 \(sigma\) is at step {STEPS}; a change of the state needs a step after it"),
+        ({**lineage, "request": {**lineage["request"], "num_inference_steps": STEPS + 2}},
+         "were changed after the search"),
+        ({**lineage, "events": [{**init, "seed": init["seed"] + 1}, *lineage["events"][1:]]},
+         "were changed after the search"),
+    ]
+    for seed in (-1, 1.5, 2 ** 80, "7", True):
+        cases.append(({**unchecked, "events": [{**init, "seed": seed}]}, r"event 0 \(init\) has seed .*integers in "
+                                                                            r"\[0, 2\*\*64\)"))
+    cases.append(({**unchecked, "events": [{**init, "step": "0"}]}, r"event 0 \(init\) has step '0'"))
+    for broken, why in cases:
+        with pytest.raises(ValueError, match=why):
+            search.replay(broken)
+    with pytest.raises(ValueError, match=r"^seed: must be an integer in \[0, 18446744073709551615\]"):
+        search("", seed=2 ** 80, num_inference_steps=STEPS, progress=False)
+
+
+def test_a_plan_that_leaves_budget_unspent_says_so(sd_search):
+    """Issue 18: ParticleSearch(n_particles=8) planned 160 NFE of a 320 budget without a word. Any plan
+    leaving more than one trajectory of the budget unspent says so (plan and output warnings)."""
+    from evosearch import ParticleSearch
+
+    plan = sd_search.plan("a cat", nfe_budget=8 * STEPS, method=ParticleSearch(n_particles=2),
+                          num_inference_steps=STEPS)
+    assert plan.nfe == 2 * STEPS and plan["unspent"] == 6 * STEPS
+    assert f"plans {2 * STEPS} of the {8 * STEPS} NFE budget: {6 * STEPS} NFE (6 trajectories) stay unspent" \
+           in plan["note"]
+    out = sd_search("a cat", nfe_budget=8 * STEPS, num_inference_steps=STEPS, progress=False)  # BestOfN(n=2)
+    assert out.stats.nfe == 2 * STEPS and out.warnings[0].startswith(f"best-of-n plans {2 * STEPS} of the")
+    # a budget the method sizes itself from, or less than a trajectory left: no note
+    assert "note" not in sd_search.plan("a cat", nfe_budget=8 * STEPS + 3, method=ParticleSearch(),
+                                        num_inference_steps=STEPS).details

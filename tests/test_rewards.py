@@ -409,3 +409,40 @@ def test_reward_accepts_tensor_numpy_pil():
     gray = r(torch.full((2, 1, 4, 4), 0.25))
     torch.testing.assert_close(gray, torch.full((2,), 0.25))
     assert as_reward(r) is r
+
+
+# ------------------------------------------------------------ issue 18: the registry's loaders
+def test_registry_clip_loads_a_local_checkpoint_file_and_folder(ckpts, monkeypatch):
+    """``load_reward("clip", PATH)`` -- what ``--reward-checkpoint``, ``evosearch app --reward-checkpoint
+    clip=PATH`` and the ComfyUI "Reward (by name)" node call -- raised ``TypeError: CLIPScore.__init__()
+    got an unexpected keyword argument 'checkpoint'``. A file is loaded as ViT-B-32 weights (here a tiny
+    architecture stands in under that name), a folder as an open_clip model folder."""
+    import open_clip.factory
+
+    from evosearch.registry import load_reward
+
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "ViT-B-32", _tiny_cfg(64))
+    x = _images(3, seed=7)
+    direct = CLIPScore(TINY, pretrained=str(ckpts[TINY]["pt"]), device="cpu")(x, "a cat")
+    from_file = load_reward("clip", str(ckpts[TINY]["pt"]), "cpu")
+    assert isinstance(from_file, CLIPScore)
+    torch.testing.assert_close(from_file(x, "a cat"), direct)
+    from_folder = load_reward("clip", str(ckpts["folder"]), "cpu")
+    torch.testing.assert_close(from_folder(x, "a cat"),
+                               CLIPScore(f"local-dir:{ckpts['folder']}", device="cpu")(x, "a cat"))
+
+
+def test_registry_aesthetic_takes_the_checkpoint_as_its_head(ckpts, tmp_path, monkeypatch):
+    """``load_reward("aesthetic", PATH)`` passed ``mlp_checkpoint=`` (a TypeError); the checkpoint is the
+    MLP head (the CLIP ViT-L/14 backbone stays the hub's; here the tiny 768-d one stands in)."""
+    import evosearch.rewards.aesthetic as aesthetic_module
+    from evosearch.registry import load_reward
+    from evosearch.rewards.clip_backbone import load_clip
+
+    _write_mlp(tmp_path / "aes.pth", fmt="pth")
+    clip_pt = str(ckpts[TINY_768]["pt"])
+    monkeypatch.setattr(aesthetic_module, "load_clip", lambda name, pretrained, device: load_clip(TINY_768, clip_pt,
+                                                                                                   device))
+    x = _images(3, seed=8)
+    got = load_reward("aesthetic", str(tmp_path / "aes.pth"), "cpu")(x)
+    torch.testing.assert_close(got, Aesthetic(TINY_768, clip_pt, mlp_path=tmp_path / "aes.pth", device="cpu")(x))

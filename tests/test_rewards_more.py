@@ -582,3 +582,12 @@ def test_rewards_combine_in_a_rank_ensemble(pick, hps, ir):
 
     expected = sum(rank_normalize(v) for v in comps.values()).float()
     torch.testing.assert_close(e(x, "a cat"), expected)
+
+
+# ---------------------------------------------- issue 18: complex scores are not cut to their real part
+@pytest.mark.parametrize("scores", [torch.tensor([1 + 2j, 3 + 0j]), np.array([1 + 1j, 2 + 0j]), [1.0, 2j]])
+def test_complex_scores_are_refused(scores):
+    from evosearch.rewards.base import FunctionReward, RewardError
+
+    with pytest.raises(RewardError, match="returned complex scores"):
+        FunctionReward(lambda images, prompts: scores, name="cplx")(torch.rand(2, 3, 8, 8), "p")

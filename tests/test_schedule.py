@@ -71,3 +71,19 @@ def test_stochastic_step_requires_noise_and_eta_range():
         sched.step(torch.zeros(2), torch.zeros(2), 0, None)
     with pytest.raises(ValueError, match="eta"):
         NoiseSchedule(a=1 - sigmas, s=sigmas, timesteps=sigmas[:-1], eta=1.5)
+
+
+def test_sd_at_1000_steps_is_the_full_schedule():
+    """Issue 18: SD's steps_offset=1 at num_inference_steps=1000 gives DDIM timesteps 1000..1, past
+    the 1000-entry schedule (IndexError, in diffusers' DDIM too). The schedule is then 999..0: every
+    training timestep once, its coefficients those of alphas_cumprod, the last step to x0."""
+    config = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                           set_alpha_to_one=False, steps_offset=1).config
+    sched, ddim = vp_schedule(config, 1000, 1.0)
+    assert sched.timesteps.tolist() == list(range(999, -1, -1))
+    acp = ddim.alphas_cumprod.double()
+    torch.testing.assert_close(sched.a[:-1].double() ** 2, acp.flip(0))
+    assert float(sched.s[-1]) ** 2 == pytest.approx(1 - float(ddim.final_alpha_cumprod), abs=1e-12)
+    assert all(0 <= sched.noise_std(i) < 1 for i in range(1000))
+    # a step count that fits is left as diffusers makes it
+    assert torch.equal(vp_schedule(config, 999, 1.0)[0].timesteps, torch.arange(999, 0, -1))

@@ -228,3 +228,25 @@ def test_benchmark_suites_and_splits():
     assert not {p for _, p in hard} & {p for _, p in standard}
     with pytest.raises(ValueError, match="split"):
         shapes.suite_prompts("hard", "train")
+
+
+# ---------------------------------------------- issue 18: images in 0-255 are read, not misread
+def test_judge_and_reward_read_uint8_and_refuse_floats_outside_unit_range():
+    """uint8 images (tensor or array) are read as 0-255; float images outside [0, 1] (0-255 floats)
+    are refused naming ``images`` -- they were misread ('white square: too large', reward 55.9 for 85)."""
+    prompt = "a yellow circle and a white square"
+    x = torch.from_numpy(np.asarray(shapes.render(prompt, 3), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    as_u8 = (x * 255).round().to(torch.uint8)
+    judge, reward = shapes.Judge(), shapes.load_reward()
+    want = judge(x, prompt)[0]
+    assert want["correct"]
+    assert judge(as_u8, prompt)[0] == want
+    assert judge(as_u8.permute(0, 2, 3, 1).numpy(), prompt)[0] == want  # (N, H, W, C) uint8 array
+    torch.testing.assert_close(reward(as_u8, prompt), reward(x, prompt), atol=1e-3, rtol=0)
+    for bad in (x * 255, x * 2 - 1):
+        with pytest.raises(ValueError, match=r"^images: float pixels must be in \[0, 1\]"):
+            judge(bad, prompt)
+        with pytest.raises(ValueError, match=r"^images: float pixels must be in \[0, 1\]"):
+            reward(bad, prompt)
+    with pytest.raises(ValueError, match="^images: float pixels must be in"):
+        reward((x * 255).permute(0, 2, 3, 1).numpy(), prompt)

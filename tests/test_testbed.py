@@ -277,7 +277,7 @@ class Recorder(FunctionReward):
     def __init__(self, w):
         self.w = torch.as_tensor(w, dtype=torch.float64)
         self.calls = []
-        super().__init__(self._fn, name="projection")
+        super().__init__(self._fn, name="projection", check_range=False)
 
     def _fn(self, images, prompts):
         x = samples_from(images).double()

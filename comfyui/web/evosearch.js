@@ -25,7 +25,16 @@ app.registerExtension({
     nodeType.prototype.onExecuted = function (message) {
       onExecuted?.apply(this, arguments);
       const widget = this.widgets?.find((w) => w.name === WIDGET);
-      if (widget && message?.text) widget.value = [].concat(message.text).join("\n");
+      if (!widget || !message?.text) return;
+      const text = [].concat(message.text).join("\n");
+      widget.value = text;
+      // grow the node so that every line shows (the judge's line was cut off unless resized by hand)
+      const lines = text.split("\n").reduce((n, line) => n + Math.max(1, Math.ceil(line.length / 70)), 0);
+      const width = Math.max(this.size[0], 460);
+      const height = Math.max(this.size[1], 60 + lines * 16);
+      if (widget.element) widget.element.style.minHeight = `${lines * 16 + 8}px`;
+      this.setSize([width, height]);
+      this.setDirtyCanvas?.(true, true);
     };
   },
 });

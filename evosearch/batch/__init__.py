@@ -6,7 +6,8 @@
 
 Input (PROMPTS): a ``.txt`` file, one prompt per line (blank lines and lines starting with
 ``#`` skipped), or a ``.jsonl`` file of objects ``{"prompt": ..., "seed"?, "id"?,
-"nfe_budget"?, "negative_prompt"?}`` (other keys are carried along under ``meta``). The
+"nfe_budget"?, "negative_prompt"?, "meta"?}`` (``meta``, an object, is carried into the result
+line; any other key is refused by name, so a typo never runs with a default). The
 i-th prompt (0-based, counting prompts only) gets the id ``{i:05d}-{sha1(prompt)[:10]}``
 unless given, and the seed ``--seed + i`` unless given.
 

@@ -38,8 +38,9 @@ from typing import Callable, Sequence
 from ..core.noise import derive_seed
 from ..core.validation import ParameterError
 from ..io import atomic_write_json
+from .lock import locked
 from .prompts import BatchItem
-from .results import load_results, merge_results, repair_jsonl, spent_nfe, status
+from .results import load_results, merge_results, repair_jsonl, spent_nfe, status, writing
 from .runner import (BatchSummary, Job, owner, progress_bar, run_batch, run_jobs, wait_for_everyone,
                      warn_other_settings)
 
@@ -153,6 +154,15 @@ def run_total_budget(search, items: Sequence[BatchItem], out_dir, total: int, *,
     the NFE of one sample; ``viable(budget)``: whether the method can run at that budget."""
     out_dir = Path(out_dir)
     process_index, num_processes, state = owner(state, process_index, num_processes)
+    with locked(out_dir, state, process_index, num_processes):
+        return _run_total_budget(search, items, out_dir, total, trajectory_nfe, viable, nfe_budget,
+                                 num_inference_steps, guidance_scale, config, save_population, progress, state,
+                                 process_index, num_processes, retry_failed)
+
+
+def _run_total_budget(search, items, out_dir: Path, total, trajectory_nfe, viable, nfe_budget, num_inference_steps,
+                      guidance_scale, config, save_population, progress, state, process_index, num_processes,
+                      retry_failed) -> BatchSummary:
     caps = {it.id: it.nfe_budget if it.nfe_budget is not None else nfe_budget for it in items}
     budgets = {it.id: wave1_budget(total, len(items), caps[it.id]) for it in items}
     small = min(budgets.values())
@@ -182,7 +192,8 @@ def run_total_budget(search, items: Sequence[BatchItem], out_dir, total: int, *,
     records = load_results(out_dir)
     if plan is None:
         if process_index == 0:
-            atomic_write_json(out_dir / PLAN, compute_plan(items, records, total, caps, trajectory_nfe, viable))
+            with writing(out_dir, PLAN):
+                atomic_write_json(out_dir / PLAN, compute_plan(items, records, total, caps, trajectory_nfe, viable))
         wait_for_everyone(state, num_processes)
         plan = load_plan(out_dir, total)
     rows = plan["prompts"]
@@ -209,7 +220,8 @@ def run_total_budget(search, items: Sequence[BatchItem], out_dir, total: int, *,
     if complete:
         wait_for_everyone(state, num_processes)
         if process_index == 0:
-            results_path = merge_results(out_dir, items)
+            with writing(out_dir, "results.jsonl"):
+                results_path = merge_results(out_dir, items)
     return BatchSummary(total=len(items), assigned=first.assigned, skipped=first.skipped, ran=first.ran + len(second),
                         complete=complete, results_path=results_path, records=first.records + second,
                         failed=first.failed)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..core.validation import ParameterError, check_int
 from .budget import run_total_budget
+from .lock import locked
 from .prompts import read_prompts
 from .results import RESULTS, load_results, spent_nfe, status
 from .runner import run_batch
@@ -82,12 +83,17 @@ def cmd_batch(args) -> int:
     pf.make_method(args.method, args.population, options)  # every flag checked before anything loads
     early_stop = pf.make_early_stop(args.patience, args.tol, args.target_reward, args.target_judge)
     total = None if args.total_nfe_budget is None else check_int("--total-nfe-budget", args.total_nfe_budget, lo=1)
+    if total is not None and args.population is not None:
+        raise ParameterError("--population: with --total-nfe-budget the budget sizes every search; leave it unset")
     if args.nfe_budget is not None:
         check_int("--nfe-budget", args.nfe_budget, lo=1)
-    device = pf.check_device(args.device, allow_auto=True)
-    out_dir = pf.check_out_dir(args.out)
+    # every check that needs no model comes before the model loads and before --out is created
+    pf.check_target_judge(args.target_judge, args.judge, model)
     reward = pf.reward_name(args.reward, model)
     pf.check_reward_checkpoint(args.reward_checkpoint)
+    pf.check_reward_choice(reward, model, args.reward_checkpoint)
+    device = pf.check_device(args.device, allow_auto=True)
+    out_dir = pf.check_out_dir(args.out)
     if args.quiet:
         pf.quiet_loading()
     from accelerate import PartialState
@@ -110,14 +116,14 @@ def cmd_batch(args) -> int:
     common = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, config=config,
                   save_population=args.save_population, progress=not args.quiet, state=state,
                   retry_failed=args.retry_failed)
-    if total is None:
-        summary = run_batch(search, items, out_dir, **common)
-    else:
-        if args.population is not None:
-            raise ParameterError("--population: with --total-nfe-budget the budget sizes every search; leave it unset")
-        search.load()
-        summary = run_total_budget(search, items, out_dir, total, trajectory_nfe=search.trajectory_nfe(),
-                                   viable=search.viable, nfe_budget=args.nfe_budget, **common)
+    # one run per --out, taken before the model loads: a second run is refused at once
+    with locked(out_dir, state, state.process_index, state.num_processes):
+        if total is None:
+            summary = run_batch(search, items, out_dir, **common)
+        else:
+            search.load()
+            summary = run_total_budget(search, items, out_dir, total, trajectory_nfe=search.trajectory_nfe(),
+                                       viable=search.viable, nfe_budget=args.nfe_budget, **common)
     if state.is_main_process:
         print_summary(args, items, out_dir, summary, state.num_processes, total, time.perf_counter() - t0)
     if state.num_processes > 1 and summary.complete:
@@ -126,6 +132,19 @@ def cmd_batch(args) -> int:
         return 130
     done = load_results(out_dir)
     return 1 if any(status(done.get(it.id)) == "failed" for it in items) else 0
+
+
+def results_files(out: Path, summary) -> str:
+    """Where the results are: results.jsonl after a complete run; after an interrupt, the files that
+    exist (the shards are merged into results.jsonl by the run that completes)."""
+    if summary.results_path is not None:
+        return str(out / RESULTS)
+    from .results import shard_paths
+
+    there = [p for p in (out / RESULTS,) if p.is_file()] + shard_paths(out)
+    if not there:
+        return f"none written in {out}"
+    return ", ".join(str(out / p.name) for p in there) + " (merged into results.jsonl once a run completes)"
 
 
 def print_summary(args, items, out_dir: Path, summary, num_processes: int, total, seconds: float) -> None:
@@ -148,6 +167,6 @@ def print_summary(args, items, out_dir: Path, summary, num_processes: int, total
         print(f"  failed     ... and {len(failed) - LISTED_FAILURES} more (see results.jsonl)")
     if failed:
         print("  (--retry-failed re-runs the failed prompts; finished ones are kept)")
-    print(f"  results    {summary.results_path or Path(args.out) / RESULTS}")
+    print(f"  results    {results_files(Path(args.out), summary)}")
     if total is not None and (Path(out_dir) / "budget_plan.json").is_file():
         print(f"  plan       {Path(args.out) / 'budget_plan.json'}")

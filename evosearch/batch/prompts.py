@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -13,7 +14,7 @@ from typing import Iterable
 from ..core.validation import ParameterError, check_int, describe
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-JSONL_KEYS = ("prompt", "seed", "id", "nfe_budget", "negative_prompt")
+JSONL_KEYS = ("prompt", "seed", "id", "nfe_budget", "negative_prompt", "meta")
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,9 @@ def prompt_id(index: int, prompt: str) -> str:
 
 def make_items(entries: Iterable[dict | str], base_seed: int = 0, source: str = "prompts") -> list[BatchItem]:
     """BatchItems from prompts (strings) or dicts with "prompt" and optional "seed", "id",
-    "nfe_budget", "negative_prompt"; ``source`` names the input in errors."""
+    "nfe_budget", "negative_prompt" and "meta" (an object carried into the result line); any
+    other key is refused by name (a typo such as "nfe_bugdet" would silently run with the
+    default); ``source`` names the input in errors."""
     check_int("--seed", base_seed, lo=0)
     items, seen = [], {}
     for i, e in enumerate(entries):
@@ -47,11 +50,21 @@ def make_items(entries: Iterable[dict | str], base_seed: int = 0, source: str = 
             raise ParameterError(f"{where}: expected an object with a \"prompt\", got {type(e).__name__}")
         e = dict(e)
         where = e.pop("_where", where)
+        unknown = [k for k in e if k not in JSONL_KEYS]
+        if unknown:
+            k = unknown[0]
+            near = difflib.get_close_matches(str(k), JSONL_KEYS, n=1, cutoff=0.6)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise ParameterError(f"{where}: unknown key {k!r}; {hint}the keys are {', '.join(JSONL_KEYS)} "
+                                 f"(put anything else to carry along under \"meta\": {{...}})")
+        meta = e.get("meta")
+        if meta is not None and not isinstance(meta, dict):
+            raise ParameterError(f"{where}: \"meta\" must be an object, got {describe(meta)}")
         prompt = e.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             raise ParameterError(f"{where}: \"prompt\" must be a non-empty string, got {describe(prompt)}")
         seed = e.get("seed")
-        seed = base_seed + i if seed is None else check_int(f"{where}: seed", seed, lo=0)
+        seed = base_seed + i if seed is None else check_int(f"{where}: seed", seed, lo=0, hi=2 ** 64 - 1)
         budget = check_int(f"{where}: nfe_budget", e.get("nfe_budget"), lo=1, allow_none=True)
         neg = e.get("negative_prompt")
         if neg is not None and not isinstance(neg, str):
@@ -65,8 +78,7 @@ def make_items(entries: Iterable[dict | str], base_seed: int = 0, source: str = 
         if pid in seen:
             raise ParameterError(f"{where}: id {pid!r} repeats the id of prompt {seen[pid]}; ids must be unique")
         seen[pid] = i
-        meta = {k: v for k, v in e.items() if k not in JSONL_KEYS}
-        items.append(BatchItem(i, pid, prompt, seed, budget, neg, meta))
+        items.append(BatchItem(i, pid, prompt, seed, budget, neg, dict(meta or {})))
     if not items:
         raise ParameterError(f"{source}: no prompts found")
     return items

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -19,6 +20,18 @@ from .prompts import BatchItem
 RESULTS = "results.jsonl"
 SHARD_RE = re.compile(r"^results\.rank(\d+)\.jsonl$")
 STATUSES = ("ok", "failed", "interrupted")
+
+
+@contextmanager
+def writing(out_dir, what: str):
+    """An OSError while writing ``what`` (disk full, the folder removed) re-raised naming ``--out``."""
+    try:
+        yield
+    except OSError as err:
+        if str(err).startswith("--out:"):
+            raise
+        raise OSError(f"--out: cannot write {what} to {str(out_dir)!r} ({err.strerror or err}); the results "
+                      f"written so far are kept, re-run to resume") from err
 
 
 def status(rec: dict | None) -> str | None:

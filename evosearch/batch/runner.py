@@ -10,8 +10,10 @@ from typing import Collection, Sequence
 import numpy as np
 
 from ..io import image_grid, portable, save_image
+from .lock import locked
 from .prompts import BatchItem
-from .results import append_line, fsync_dir, is_done, load_results, merge_results, repair_jsonl, spent_nfe, status
+from .results import (append_line, fsync_dir, is_done, load_results, merge_results, repair_jsonl, spent_nfe, status,
+                      writing)
 
 # config keys whose change makes old results incomparable with new ones (warned about on resume)
 CONFIG_KEYS = ("method", "options", "population", "model", "reward", "reward_checkpoint", "steps", "guidance_scale",
@@ -85,13 +87,14 @@ def search_one(search, job: Job, out_dir: Path, steps, guidance_scale, config: d
     if out.best is not None:
         # the image first (atomic), the line after it: a line never points at a missing image
         rel = job.image_path()
-        save_image(out.best.image, out_dir / rel)
-        rec["image"], rec["best_reward"] = rel, float(out.best.reward)
-        if save_population and out.images:
-            rel_pop = rel.removesuffix(".png") + ".population.png"
-            save_image(image_grid(out.images), out_dir / rel_pop)
-            rec["population_image"] = rel_pop
-        fsync_dir((out_dir / rel).parent)
+        with writing(out_dir, f"the image of {it.id}"):
+            save_image(out.best.image, out_dir / rel)
+            rec["image"], rec["best_reward"] = rel, float(out.best.reward)
+            if save_population and out.images:
+                rel_pop = rel.removesuffix(".png") + ".population.png"
+                save_image(image_grid(out.images), out_dir / rel_pop)
+                rec["population_image"] = rel_pop
+            fsync_dir((out_dir / rel).parent)
     record = out.to_record()
     rec.update(stats=record["stats"], settings=record["settings"], lineage=record["lineage"],
                rewards=record["rewards"], plain_rewards=record["plain_rewards"], judge=record["judge"],
@@ -130,13 +133,16 @@ def wait_for_everyone(state, num_processes: int) -> None:
 
 
 def warn_other_settings(out_dir: Path, items, existing: dict, config: dict) -> None:
-    if not config:
-        return
+    """Warn (once) when a kept result was made with other settings than this run's: a
+    :data:`CONFIG_KEYS` setting, or the prompt's seed (``--seed``, or the .jsonl ``seed``)."""
     cmp = {k: config.get(k) for k in CONFIG_KEYS}
     for it in items:
-        old = (existing.get(it.id) or {}).get("config")
-        if old is not None and {k: old.get(k) for k in CONFIG_KEYS} != cmp:
-            diff = [k for k in CONFIG_KEYS if old.get(k) != cmp.get(k)]
+        rec = existing.get(it.id) or {}
+        old = rec.get("config")
+        diff = [] if old is None or not config else [k for k in CONFIG_KEYS if old.get(k) != cmp.get(k)]
+        if "seed" in rec and rec["seed"] != it.seed:
+            diff.append(f"seed: {rec['seed']} there, {it.seed} now")
+        if diff:
             print(f"evosearch batch: warning: {out_dir} holds results made with other settings "
                   f"({', '.join(diff)}); they are kept, not redone. Use a new --out to redo them.", file=sys.stderr)
             return
@@ -155,7 +161,8 @@ def run_jobs(search, jobs: Sequence[Job], out_dir: Path, shard: Path, *, steps, 
             return records, False  # e.g. a later wave cut short: the earlier result stands, the re-run redoes it
         rec = carry_failed_attempts(rec, previous.get(job.item.id))
         rec = finish(job, rec) if finish is not None else rec
-        append_line(shard, rec)
+        with writing(out_dir, f"the result line of {job.item.id}"):
+            append_line(shard, rec)
         records.append(rec)
         if bar is not None:
             bar.set_postfix(best="-" if rec.get("best_reward") is None else f"{rec['best_reward']:.4g}",
@@ -186,11 +193,19 @@ def run_batch(search, items: Sequence[BatchItem], out_dir, *, nfe_budget: int | 
     goes on; a re-run skips it unless ``retry_failed`` (True, or the ids to retry).
     ``state``: an ``accelerate.PartialState`` (default: one is created; a plain run is one
     process); ``process_index``/``num_processes`` override it (tests). After its share,
-    each process waits for the others and the main process merges the shards.
+    each process waits for the others and the main process merges the shards. ``out_dir`` is
+    locked meanwhile (:mod:`evosearch.batch.lock`): a second run on it is refused.
     """
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     process_index, num_processes, state = owner(state, process_index, num_processes)
+    with locked(out_dir, state, process_index, num_processes):
+        return _run_batch(search, items, out_dir, nfe_budget, num_inference_steps, guidance_scale, config,
+                          save_population, progress, state, process_index, num_processes, merge, retry_failed)
+
+
+def _run_batch(search, items, out_dir: Path, nfe_budget, num_inference_steps, guidance_scale, config,
+               save_population, progress, state, process_index, num_processes, merge, retry_failed) -> BatchSummary:
     config = dict(config or {})
 
     shard = out_dir / f"results.rank{process_index}.jsonl"
@@ -224,7 +239,8 @@ def run_batch(search, items: Sequence[BatchItem], out_dir, *, nfe_budget: int | 
     if complete and merge:
         wait_for_everyone(state, num_processes)
         if process_index == 0:
-            results_path = merge_results(out_dir, items)
+            with writing(out_dir, "results.jsonl"):
+                results_path = merge_results(out_dir, items)
     return BatchSummary(total=len(items), assigned=len(mine), skipped=len(mine) - len(todo), ran=len(records),
                         complete=complete, results_path=results_path, records=records,
                         failed=sum(status(r) == "failed" for r in records))

@@ -23,6 +23,8 @@ event that moves the state back to a noisier step). An event's own noise is draw
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -40,6 +42,23 @@ if TYPE_CHECKING:
 EVENT_KINDS = {"init": None, "keep": None, "vp": "gaussian", "sigma": "gaussian", "resample": "gaussian",
                "neighbor": "gaussian", "renoise": "gaussian"}
 _RATE_KINDS = ("vp", "resample", "neighbor")
+#: kinds that change the state, and so need a step still to come (a change after the last step is never made)
+_MUTATION_KINDS = ("vp", "sigma", "resample", "neighbor", "renoise")
+#: seeds are 64-bit (:func:`~evosearch.core.noise.derive_seed` keeps 64 bits: a larger seed would alias)
+SEED_LIMIT = 2 ** 64
+
+
+def _plain(x):
+    """``x`` as it reads back from JSON (tuples as lists, numpy scalars as numbers)."""
+    return json.loads(json.dumps(x, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def lineage_check(request: dict, events: list) -> str:
+    """A short digest of a lineage's request (all but ``extra``) and events: ``to_dict`` writes it
+    and ``from_dict`` refuses a lineage whose digest no longer matches (an edited step count, seed, ...)."""
+    body = {"request": {k: v for k, v in request.items() if k != "extra"}, "events": events}
+    text = json.dumps(_plain(body), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -61,6 +80,8 @@ class Lineage:
     events: tuple[Event, ...]
     request: dict = field(default_factory=dict, compare=False)
     model: dict = field(default_factory=dict, compare=False)
+    #: read from a dict whose request or events no longer match its ``check`` (see :func:`lineage_check`)
+    edited: bool = field(default=False, compare=False)
 
     @classmethod
     def init(cls, seed: int, request: dict, model: dict | None = None) -> "Lineage":
@@ -78,13 +99,20 @@ class Lineage:
             raise ValueError(f"step: an event with from_step={from_step} must go back (step <= from_step), got {step}")
         return Lineage(self.events + (Event(kind, step, seed, rate, from_step),), self.request, self.model)
 
+    def check_unedited(self) -> None:
+        """A ValueError naming ``lineage`` when it was changed after the search (its ``check``)."""
+        if self.edited:
+            raise ValueError("lineage: its request or events were changed after the search (they no longer match "
+                             "its 'check'); replay needs the lineage as the search recorded it")
+
     @property
     def seed(self) -> int:
         """The seed of the last event: it keys the step noise from its step on."""
         return self.events[-1].seed
 
     def to_dict(self) -> dict:
-        d = {"request": self.request, "events": [e.to_dict() for e in self.events]}
+        events = [e.to_dict() for e in self.events]
+        d = {"request": self.request, "events": events, "check": lineage_check(self.request, events)}
         if self.model:
             d["model"] = self.model
         return d
@@ -102,11 +130,20 @@ class Lineage:
             if not isinstance(e, dict) or not {"kind", "step", "seed"} <= set(e) or set(e) - set(Event.__annotations__):
                 raise ValueError(f"lineage: event {k} must be a dict with kind, step, seed (and optionally rate, "
                                  f"from_step), got {_short(e)}")
+            seed = e["seed"]
+            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+                raise ValueError(f"lineage: event {k} ({e.get('kind')}) has seed {_short(seed)}; seeds are integers "
+                                 f"in [0, 2**64)")
+            if isinstance(e["step"], bool) or not isinstance(e["step"], int):
+                raise ValueError(f"lineage: event {k} ({e.get('kind')}) has step {_short(e['step'])}; steps are "
+                                 f"integers")
             events.append(Event(**e))
         request = d.get("request", {})
         if not isinstance(request, dict):
             raise ValueError(f"lineage: 'request' must be a dict of sampling settings, got {_short(request)}")
-        return cls(tuple(events), dict(request), dict(d.get("model") or {}))
+        check = d.get("check")
+        edited = check is not None and check != lineage_check(request, [dict(e) for e in d["events"]])
+        return cls(tuple(events), dict(request), dict(d.get("model") or {}), edited)
 
     def validate(self, num_steps: int, kinds: Sequence[str]) -> None:
         """A ValueError naming ``lineage`` unless the events can be replayed on a Stepper of
@@ -128,7 +165,11 @@ class Lineage:
             if k and cut < last:
                 raise ValueError(f"lineage: event {k} ({e.kind} at step {cut}) comes before the event before it "
                                  f"(step {last}); events must be in order")
-            if e.kind in _RATE_KINDS and (e.rate is None or not 0.0 <= float(e.rate) <= 1.0):
+            if e.kind in _MUTATION_KINDS and e.step >= num_steps:
+                raise ValueError(f"lineage: event {k} ({e.kind}) is at step {e.step}; a change of the state needs a "
+                                 f"step after it, so it must be in [0, {num_steps - 1}]")
+            if e.kind in _RATE_KINDS and (isinstance(e.rate, bool) or not isinstance(e.rate, (int, float))
+                                          or not 0.0 <= float(e.rate) <= 1.0):
                 raise ValueError(f"lineage: event {k} ({e.kind}) needs a rate in [0, 1], got {e.rate!r}")
             last = e.step
 

@@ -33,6 +33,10 @@ def vp_schedule(scheduler_config, num_inference_steps: int, eta: float, device=N
         ddim.final_alpha_cumprod = torch.as_tensor(final_alpha_cumprod).clone()
     ddim.set_timesteps(num_inference_steps)
     timesteps = ddim.timesteps.clone()
+    over = int(timesteps.max()) - (ddim.config.num_train_timesteps - 1)
+    if over > 0:  # steps_offset pushed the first timestep past the schedule (SD at 1000 steps: 1000..1)
+        timesteps = timesteps - over
+        ddim.timesteps = timesteps.clone()
     acp = ddim.alphas_cumprod.double()
     final = torch.as_tensor(ddim.final_alpha_cumprod, dtype=torch.float64)
     step_ratio = ddim.config.num_train_timesteps // num_inference_steps

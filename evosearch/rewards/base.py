@@ -17,19 +17,47 @@ ImagesLike = torch.Tensor | np.ndarray | Sequence[Image.Image]
 VideosLike = torch.Tensor | np.ndarray | Sequence[Sequence[Image.Image]]
 
 
-def to_tensor_images(images: ImagesLike) -> torch.Tensor:
+#: how far a float image may stray outside [0, 1] (float rounding of a decoder) before it is refused
+RANGE_SLACK = 1e-3
+
+
+def _unit_range(x: torch.Tensor, name: str, check: bool = True) -> torch.Tensor:
+    """Float pixels in [0, 1]: uint8 pixels (0-255) are divided by 255; float pixels outside [0, 1]
+    (images in 0-255, or in [-1, 1]) or not finite raise a ParameterError naming ``name`` (with
+    ``check``; without, floats pass as they are)."""
+    if x.dtype == torch.uint8:
+        return x.float() / 255.0
+    if x.dtype == torch.bool or torch.is_complex(x) or not (x.is_floating_point() or x.dtype in (
+            torch.int8, torch.int16, torch.int32, torch.int64)):
+        raise ParameterError(f"{name}: expected float pixels in [0, 1] or uint8 pixels in 0-255, got dtype {x.dtype}")
+    x = x.float()
+    if not check:
+        return x
+    if x.numel():
+        lo, hi = float(x.amin()), float(x.amax())
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ParameterError(f"{name}: pixels must be finite, got NaN or inf")
+        if lo < -RANGE_SLACK or hi > 1 + RANGE_SLACK:
+            hint = " (0-255 images: pass uint8, or divide by 255)" if hi > 1 + RANGE_SLACK else \
+                " ([-1, 1] images: map them with (x + 1) / 2)"
+            raise ParameterError(f"{name}: float pixels must be in [0, 1], got values in [{lo:.4g}, {hi:.4g}]{hint}")
+    return x.clamp(0.0, 1.0)
+
+
+def to_tensor_images(images: ImagesLike, check_range: bool = True) -> torch.Tensor:
     """Convert images to a float tensor (N, 3, H, W) in [0, 1] on the CPU.
 
-    Accepts a tensor (N, C, H, W) in [0, 1] (C = 1 or 3), a numpy array (N, H, W, C)
-    in [0, 1] or uint8, or a list of PIL images.
+    Accepts a tensor (N, C, H, W), float in [0, 1] or uint8 (C = 1 or 3), a numpy array
+    (N, H, W, C), float in [0, 1] or uint8, or a list of PIL images. Float pixels outside
+    [0, 1] (0-255 floats, [-1, 1] images) raise a ParameterError naming ``images``, unless
+    ``check_range`` is False (values that are not pixels: the testbed's samples).
     """
     if isinstance(images, torch.Tensor):
-        x = images.detach().float().cpu()
+        x = _unit_range(images.detach().cpu(), "images", check_range)
     elif isinstance(images, np.ndarray):
-        arr = images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
-        if arr.ndim == 3:
-            arr = arr[..., None]
-        x = torch.from_numpy(arr).permute(0, 3, 1, 2)
+        arr = images[..., None] if images.ndim == 3 else images
+        x = _unit_range(torch.from_numpy(np.ascontiguousarray(arr)), "images", check_range)
+        x = x.permute(0, 3, 1, 2) if x.ndim == 4 else x
     else:
         arrs = [np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in images]
         x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2)
@@ -53,19 +81,19 @@ def is_video_batch(x) -> bool:
     return False
 
 
-def to_tensor_videos(videos: VideosLike) -> torch.Tensor:
-    """Convert videos to a float tensor (N, F, 3, H, W) in [0, 1] on the CPU (see :data:`VideosLike`)."""
+def to_tensor_videos(videos: VideosLike, check_range: bool = True) -> torch.Tensor:
+    """Convert videos to a float tensor (N, F, 3, H, W) in [0, 1] on the CPU (see :data:`VideosLike`);
+    uint8 frames are read as 0-255, float frames outside [0, 1] refused (unless not ``check_range``)."""
     if isinstance(videos, torch.Tensor):
-        v = videos.detach().float().cpu()
-        if v.ndim != 5:
-            raise ValueError(f"videos: expected a batch of shape (N, F, C, H, W), got shape {tuple(v.shape)}")
+        if videos.ndim != 5:
+            raise ValueError(f"videos: expected a batch of shape (N, F, C, H, W), got shape {tuple(videos.shape)}")
+        v = _unit_range(videos.detach().cpu(), "videos", check_range)
     elif isinstance(videos, np.ndarray):
         if videos.ndim != 5:
             raise ValueError(f"videos: expected an array of shape (N, F, H, W, C), got shape {videos.shape}")
-        arr = videos.astype(np.float32) / 255.0 if videos.dtype == np.uint8 else videos.astype(np.float32)
-        v = torch.from_numpy(arr).permute(0, 1, 4, 2, 3)
+        v = _unit_range(torch.from_numpy(np.ascontiguousarray(videos)), "videos", check_range).permute(0, 1, 4, 2, 3)
     else:
-        clips = [to_tensor_images(list(c) if isinstance(c, (list, tuple)) else c) for c in videos]
+        clips = [to_tensor_images(list(c) if isinstance(c, (list, tuple)) else c, check_range) for c in videos]
         if not clips or any(c.shape != clips[0].shape for c in clips):
             raise ValueError("videos: expected a non-empty list of videos with the same number and size of frames, "
                              f"got frame shapes {[tuple(c.shape) for c in clips]}")
@@ -104,6 +132,17 @@ def read_checkpoint(path: str, param: str) -> dict:
         raise ValueError(f"{param}: could not read {path} as a torch or safetensors checkpoint: {e}") from e
 
 
+def _is_complex(scores) -> bool:
+    """Complex numbers, which a cast to float would silently cut to their real part."""
+    if torch.is_tensor(scores):
+        return torch.is_complex(scores)
+    if isinstance(scores, np.ndarray):
+        return np.iscomplexobj(scores)
+    if isinstance(scores, (list, tuple)):
+        return any(_is_complex(v) for v in scores)
+    return isinstance(scores, (complex, np.complexfloating))
+
+
 class RewardError(ParameterError):
     """A reward returned something that is not one finite number per sample; names the reward."""
 
@@ -125,6 +164,9 @@ class Reward:
     """
 
     name: str = "reward"
+    #: True: float images outside [0, 1] are refused (naming ``images``); False: any values pass
+    #: (a reward of things that are not pixels, such as the testbed's samples)
+    check_range: bool = True
     #: True: :meth:`score` receives videos (N, F, 3, H, W) whole; False: frames, averaged per video
     video_input: bool = False
     #: the name in :data:`evosearch.registry.REWARDS` (as the CLI spells it); None: not in the registry
@@ -146,10 +188,14 @@ class Reward:
     def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         raise NotImplementedError
 
+    def check_prompt(self, prompt: str) -> None:
+        """Raise a ParameterError when this reward cannot score ``prompt`` (no compute: a search
+        calls it before its first step). Default: any prompt."""
+
     @torch.no_grad()
     def __call__(self, images: ImagesLike | VideosLike, prompts: str | Sequence[str] | None = None) -> torch.Tensor:
         if is_video_batch(images):
-            x = to_tensor_videos(images)
+            x = to_tensor_videos(images, self.check_range)
             prompts = broadcast_prompts(prompts, x.shape[0])
             if self.video_input:
                 scores = self.score(x, prompts)
@@ -158,7 +204,7 @@ class Reward:
                 frame_scores = self.score(x.flatten(0, 1), [p for p in prompts for _ in range(f)])
                 scores = self._as_scores(frame_scores, n * f).reshape(n, f).mean(dim=1)
         else:
-            x = to_tensor_images(images)
+            x = to_tensor_images(images, self.check_range)
             scores = self.score(x, broadcast_prompts(prompts, x.shape[0]))
         scores = self._as_scores(scores, x.shape[0])
         if not torch.isfinite(scores).all():
@@ -170,6 +216,9 @@ class Reward:
         """(n,) float32 scores on the CPU, or a RewardError naming the reward and what it returned."""
         if isinstance(scores, (str, bytes)) or scores is None:
             raise RewardError(f"reward: {self.name} returned {describe(scores)}; expected {n} numbers (one per image)")
+        if _is_complex(scores):
+            raise RewardError(f"reward: {self.name} returned complex scores ({describe(scores)}); expected {n} real "
+                              f"numbers (one per image)")
         try:
             out = torch.as_tensor(scores, dtype=torch.float32).detach().cpu().reshape(-1)
         except (TypeError, ValueError, RuntimeError):
@@ -184,16 +233,33 @@ class Reward:
 
 
 class FunctionReward(Reward):
-    """Wrap any callable ``fn(images: Tensor (N,3,H,W) in [0,1], prompts: list[str]) -> (N,) scores``."""
+    """Wrap any callable ``fn(images: Tensor (N,3,H,W) in [0,1], prompts: list[str]) -> (N,) scores``;
+    ``check_range=False`` passes values that are not pixels (see :attr:`Reward.check_range`)."""
 
-    def __init__(self, fn: Callable[[torch.Tensor, list[str]], torch.Tensor | Sequence[float]], name: str | None = None):
+    def __init__(self, fn: Callable[[torch.Tensor, list[str]], torch.Tensor | Sequence[float]], name: str | None = None,
+                 check_range: bool = True):
         if not callable(fn):
             raise TypeError(f"fn: expected a callable, got {type(fn).__name__}")
         self.fn = fn
+        self.check_range = bool(check_range)
         self.name = name or getattr(fn, "__name__", "function_reward")
 
     def score(self, images, prompts):
         return self.fn(images, prompts)
+
+
+def check_reward_prompt(reward, prompt) -> None:
+    """Before any compute: whether ``reward`` can score ``prompt`` (its :meth:`Reward.check_prompt`);
+    a refusal names the reward (``reward: <name> cannot score ...``)."""
+    check = getattr(reward, "check_prompt", None)
+    if not callable(check):
+        return
+    try:
+        check(prompt)
+    except (ValueError, TypeError) as err:
+        text = " ".join(str(err).split())
+        raise ParameterError(f"reward: {getattr(reward, 'name', type(reward).__name__)} cannot score the prompt "
+                             f"{describe(prompt)}: {text}") from err
 
 
 def as_reward(reward) -> Reward:

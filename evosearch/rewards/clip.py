@@ -61,8 +61,14 @@ class CLIPScore(Reward):
 
     @classmethod
     def from_checkpoint(cls, checkpoint=None, device="cpu") -> "CLIPScore":
-        """ViT-B-32 with OpenAI's weights, or a local open_clip checkpoint file as ``pretrained``."""
-        return cls(pretrained=checkpoint, device=device) if checkpoint else cls(device=device)
+        """ViT-B-32 with OpenAI's weights from the hub; a checkpoint file (open_clip or OpenAI state
+        dict, .pt/.bin/.safetensors) of that architecture; or an open_clip model folder
+        (open_clip_config.json + weights, the layout of hub repos), whose config names the architecture."""
+        if checkpoint is None:
+            return cls(device=device)
+        if os.path.isdir(checkpoint):
+            return cls(model_name=f"local-dir:{checkpoint}", device=device)
+        return cls(pretrained=checkpoint, device=device)
 
     def __init__(self, model_name: str = "ViT-B-32", pretrained: str | os.PathLike | None = "openai",
                  device=None, batch_size: int = 32):

@@ -147,6 +147,11 @@ class Ensemble(Reward):
             names.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
         self.names = names
         self.name = "ensemble(" + "+".join(names) + ")"
+        self.check_range = all(getattr(r, "check_range", True) for r in self.rewards)  # each checks its own
+
+    def check_prompt(self, prompt) -> None:
+        for r in self.rewards:
+            r.check_prompt(prompt)
 
     def _raw(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
         # each component goes through Reward.__call__: shape and NaN/inf checks name the component
@@ -164,7 +169,7 @@ class Ensemble(Reward):
     @torch.no_grad()
     def components(self, images: ImagesLike, prompts: str | Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """Each component's raw (un-normalised, batch-independent) scores, keyed by reward name."""
-        x = to_tensor_videos(images) if is_video_batch(images) else to_tensor_images(images)
+        x = (to_tensor_videos if is_video_batch(images) else to_tensor_images)(images, self.check_range)
         return self._raw(x, broadcast_prompts(prompts, x.shape[0]))
 
     def __repr__(self) -> str:

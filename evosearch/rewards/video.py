@@ -92,6 +92,9 @@ class FrameReward(Reward):
     def __repr__(self) -> str:
         return f"FrameReward({self.reward!r}, aggregate={self.aggregate!r}, frames={self.frames!r})"
 
+    def check_prompt(self, prompt) -> None:
+        self.reward.check_prompt(prompt)
+
 
 def consecutive_similarity(features: torch.Tensor) -> torch.Tensor:
     """(N, F, D) features -> (N, F - 1) cosine similarities of consecutive frames."""

@@ -38,6 +38,11 @@ class CallbackError(RuntimeError):
     """The user's callback raised; the search's best so far is on the exception's ``.partial``."""
 
 
+class JudgeError(RuntimeError):
+    """The judge raised while checking ``target_judge`` (early stop); the search's best so far is on
+    the exception's ``.partial``."""
+
+
 class BudgetExceeded(RuntimeError):
     """A method asked for more NFE than its budget: a bug in the method, never silent."""
 
@@ -228,7 +233,12 @@ class SearchContext:
             raise SearchStopped(f"early stop: best reward {self.best.reward:.4g} reached target_reward "
                                 f"{rule.target_reward:.4g}")
         if rule.target_judge and self.judge is not None:
-            verdict = self.judge(self.best.image[None].float() / 255.0, self.prompt)[0]
+            try:
+                verdict = self.judge(self.best.image[None].float() / 255.0, self.prompt)[0]
+            except Exception as err:  # the judge failed: say so (target_judge), keep the cause
+                name = getattr(self.judge, "name", None) or getattr(self.judge, "__name__", type(self.judge).__name__)
+                raise JudgeError(f"early_stop: target_judge: the judge {name} raised {type(err).__name__}: {err}") \
+                    from err
             if verdict.get("correct"):
                 raise SearchStopped("early stop: the judge calls the best sample correct")
         if rule.patience is not None and self._since_improved >= rule.patience:

@@ -25,7 +25,7 @@ def samples_to_states(x) -> torch.Tensor:
 
 
 def projection_reward(w, name: str = "projection"):
-    """A FunctionReward ``r(x) = w . x`` on the testbed's images."""
+    """A FunctionReward ``r(x) = w . x`` on the testbed's images (raw samples, not pixels: no range check)."""
     from ..rewards.base import FunctionReward
 
     w = torch.as_tensor(np.asarray(w, dtype=np.float64))
@@ -33,4 +33,4 @@ def projection_reward(w, name: str = "projection"):
     def fn(images, prompts):
         return samples_from(images).double() @ w
 
-    return FunctionReward(fn, name=name)
+    return FunctionReward(fn, name=name, check_range=False)

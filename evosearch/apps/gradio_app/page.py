@@ -14,7 +14,7 @@ from ...core.validation import ParameterError, check_int
 from . import views
 from .catalog import Catalog
 from .request import DEFAULT_MAX_NFE_BUDGET, DEFAULT_MAX_POPULATION, DEFAULT_MAX_PROMPT_CHARS, Limits
-from .runner import SearchApp
+from .runner import KEEP, SearchApp
 
 logger = logging.getLogger("evosearch.app")
 
@@ -32,7 +32,18 @@ CSS = """
            background: #f8d7da; color: #842029; border: 1px solid #dc3545}
 .es-verdict {font-size: 14px}
 .es-note {font-size: 12px; opacity: 0.85; overflow-wrap: anywhere}
+/* the record box only once there is a record (no empty box under the results) */
+#record:not(:has(a)) {display: none !important}
+/* toasts at the bottom right: never over Run and Cancel (top right) */
+.toast-wrap {top: auto !important; bottom: var(--size-4, 16px) !important}
 """
+
+#: example categories as the page names them
+CATEGORY_LABELS = {"single_object": "one object", "colors": "colour", "two_object": "two objects",
+                   "counting": "counting", "position": "position", "color_attr": "colour attribution",
+                   "digits": "digit"}
+#: what each bundled world's prompts may say (shown under the prompt)
+DIGIT_PROMPTS = "a digit: '3', 'digit 3', 'a 7', 'draw 5', 'seven'"
 
 POPULATION_INFO = {None: "sized from the budget", "n": "samples", "n_neighbors": "neighbours per iteration",
                    "n_keep": "paths kept", "n_particles": "particles", "roots": "tree roots"}
@@ -53,7 +64,7 @@ def _refuse(gr, err: Exception):
     """One line in the page and one in the server log, no traceback."""
     message = views.one_line(err)
     logger.warning("refused request: %s", message)
-    return gr.Error(html.escape(message, quote=False), title="Request refused", print_exception=False)
+    return gr.Error(html.escape(message, quote=False), title="Request refused", print_exception=False, duration=5)
 
 
 def _method_info(method: str) -> str:
@@ -65,14 +76,30 @@ def _left_out_note(choices) -> str:
     if not choices.left_out:
         return ""
     lines = "".join(f"<li>{html.escape(why)}</li>" for why in choices.left_out)
-    return f'<details class="es-note" open><summary>Not offered here ({len(choices.left_out)}), and why</summary>' \
+    return f'<details class="es-note"><summary>Not offered here ({len(choices.left_out)}), and why</summary>' \
            f"<ul>{lines}</ul></details>"
 
 
 def _examples(gr, choices, **kwargs):
     several = len({c for c, _ in choices.examples}) > 1
+    label = lambda c: CATEGORY_LABELS.get(c, c.replace("_", " "))  # noqa: E731
     return gr.Dataset(samples=[[p] for _, p in choices.examples], **kwargs,
-                      sample_labels=[f"{c}: {p}" if several else p for c, p in choices.examples])
+                      sample_labels=[f"{label(c)} · {p}" if several else p for c, p in choices.examples])
+
+
+def prompt_help(model: str) -> str:
+    """What ``model``'s prompts may say, in one paragraph (the shapes grammar, a digit)."""
+    if model.startswith("shapes"):
+        from ...bundled.shapes.grammar import GRAMMAR_HELP
+
+        return "Prompts: " + GRAMMAR_HELP.removeprefix("prompts of the shapes world: ")
+    if model in registry.MODELS and "digit" in model:
+        return f"Prompts: {DIGIT_PROMPTS}."
+    return ""
+
+
+def _ready(model: str) -> str:
+    return views.status_html("Ready", [f"model {model}", "press Run"])
 
 
 def build_app(*, max_nfe_budget: int = DEFAULT_MAX_NFE_BUDGET, max_population: int = DEFAULT_MAX_POPULATION,
@@ -127,7 +154,7 @@ def build_app(*, max_nfe_budget: int = DEFAULT_MAX_NFE_BUDGET, max_population: i
             model_in = Dropdown(list(catalog.models), value=model0, label="model", scale=1, min_width=150,
                                 elem_id="model")
             prompt_in = gr.Textbox(value=first.default_prompt, label="prompt", max_lines=2, elem_id="prompt", scale=4,
-                                   placeholder=f"e.g. {first.default_prompt}")
+                                   placeholder=f"e.g. {first.default_prompt}", info=prompt_help(model0) or None)
             run_btn = gr.Button("Run", variant="primary", scale=0, min_width=100, elem_id="run-button")
             cancel_btn = gr.Button("Cancel", variant="stop", scale=0, min_width=100, elem_id="cancel-button")
         examples = _examples(gr, first, label="example prompts (click one)", components=[prompt_in],
@@ -159,7 +186,7 @@ def build_app(*, max_nfe_budget: int = DEFAULT_MAX_NFE_BUDGET, max_population: i
                     weights_in = gr.Textbox(value="", label="reward weights",
                                       info="comma-separated, one per selected reward (empty: equal)")
             with gr.Column(scale=3, min_width=600):
-                status_out = gr.HTML(views.status_html("Ready", ["press Run"]), elem_id="status")
+                status_out = gr.HTML(_ready(model0), elem_id="status")
                 with gr.Row(equal_height=True):
                     plain_out = gr.Image(label="plain sample (no search)", type="filepath", interactive=False,
                                          height=250, elem_id="plain-image", buttons=["download"])
@@ -177,10 +204,17 @@ def build_app(*, max_nfe_budget: int = DEFAULT_MAX_NFE_BUDGET, max_population: i
                 c = catalog.choices(model)
             except ParameterError as err:
                 raise _refuse(gr, err) from None
+            # the old model's results go: what is on screen always belongs to the chosen model
             return (gr.update(choices=list(c.methods), value=c.default_method, info=_method_info(c.default_method)),
                     gr.update(choices=list(c.rewards), value=[c.default_reward] if c.default_reward else []),
                     _examples(gr, c), _left_out_note(c),
-                    gr.update(value=c.default_prompt, placeholder=f"e.g. {c.default_prompt}"))
+                    gr.update(value=c.default_prompt, placeholder=f"e.g. {c.default_prompt}",
+                              info=prompt_help(model) or None),
+                    _ready(model), None, None, None, "", [], None)
+
+        def page_update(update: tuple) -> tuple:
+            """A runner update as gradio outputs: KEEP leaves an output as it is."""
+            return tuple(gr.update() if v is KEEP else v for v in update)
 
         def on_method(method):
             return gr.update(info=_method_info(method)) if method in registry.METHODS else gr.update()
@@ -188,10 +222,14 @@ def build_app(*, max_nfe_budget: int = DEFAULT_MAX_NFE_BUDGET, max_population: i
         def run(model, prompt, method, population, nfe_budget, steps, seed, randomize_seed, rewards, weights,
                 guidance_scale, eta, mutation_rate, request: gr.Request):
             try:
-                yield from app.run(model, prompt, method, population, nfe_budget, steps, seed, randomize_seed, rewards,
-                                   weights, guidance_scale, eta, mutation_rate,
-                                   session=getattr(request, "session_hash", None))
+                for update in app.run(model, prompt, method, population, nfe_budget, steps, seed, randomize_seed,
+                                      rewards, weights, guidance_scale, eta, mutation_rate,
+                                      session=getattr(request, "session_hash", None)):
+                    yield page_update(update)
             except ParameterError as err:
+                # the status says so (not "Loading"); the previous results stay on screen
+                yield page_update((views.status_html("Refused", [], error=views.one_line(err)),
+                                   *([KEEP] * 6), gr.update()))
                 raise _refuse(gr, err) from None
             except Exception as err:  # a failure of ours: the traceback goes to the log, one line to the page
                 logger.exception("search failed")
@@ -200,14 +238,15 @@ def build_app(*, max_nfe_budget: int = DEFAULT_MAX_NFE_BUDGET, max_population: i
 
         def cancel(request: gr.Request):
             if app.cancel(getattr(request, "session_hash", None) or ""):
-                gr.Info("Stopping: the best sample so far will be shown, marked incomplete.")
+                gr.Info("Stopping: the best sample so far will be shown, marked incomplete.", duration=3)
             else:
-                gr.Info("No search of yours is running.")
+                gr.Info("No search of yours is running.", duration=3)
 
         inputs = [model_in, prompt_in, method_in, population_in, budget_in, steps_in, seed_in, randomize_in,
                   rewards_in, weights_in, guidance_in, eta_in, rate_in]
         outputs = [status_out, plain_out, best_out, plot_out, verdict_out, gallery_out, record_out, seed_in]
-        model_in.change(on_model, model_in, [method_in, rewards_in, examples, left_out, prompt_in],
+        model_in.change(on_model, model_in, [method_in, rewards_in, examples, left_out, prompt_in, status_out,
+                                             plain_out, best_out, plot_out, verdict_out, gallery_out, record_out],
                         api_visibility="private", queue=False)
         method_in.change(on_method, method_in, method_in, api_visibility="private", queue=False)
         examples.click(lambda sample: sample[0], examples, prompt_in, api_visibility="private", queue=False)

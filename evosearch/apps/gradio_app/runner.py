@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -27,6 +28,8 @@ from .request import Limits, RunSettings, parse_request
 logger = logging.getLogger("evosearch.app")
 PLAIN_SAMPLES = 8  # as many plain samples as the search keeps for the judge
 _DONE = object()
+#: an output the page leaves as it is (the previous run's results stay until a new run is accepted)
+KEEP = object()
 
 
 class Live:
@@ -109,6 +112,11 @@ class SearchApp:
                     raise ParameterError(f"{kind}: could not load {name}: {views.one_line(err, 200)}") from None
             return self._cache[kind, name]
 
+    def loaded(self, s: RunSettings) -> bool:
+        """Whether the model and rewards of ``s`` are loaded already (no "Loading" status needed)."""
+        with self._load_lock:
+            return ("model", s.model) in self._cache and all(("reward", n) in self._cache for n in s.rewards)
+
     def load_model(self, name: str):
         return self._load("model", name, lambda: registry.MODELS[name].load(device=self.device))
 
@@ -148,7 +156,8 @@ class SearchApp:
 
     # -- the run -------------------------------------------------------------------------
     def prepare(self, s: RunSettings):
-        """The SearchPipeline for ``s`` and its plan, every check done before any compute."""
+        """The SearchPipeline for ``s``, its plan and the settings it runs with, every check done before
+        any compute. A population left to the budget ("auto") is capped at the server's limit."""
         from ...pipeline import SearchPipeline
 
         method = s.build_method()
@@ -159,22 +168,35 @@ class SearchApp:
             plan = search.plan(s.prompt, nfe_budget=s.nfe_budget, num_inference_steps=s.steps,
                                guidance_scale=s.guidance_scale)
         except (ValueError, TypeError) as err:  # the model's and the method's own checks
-            raise ParameterError(views.one_line(err)) from None
+            raise ParameterError(views.for_page(views.one_line(err))) from None
         biggest = registry.largest_population(plan)
+        param = registry.POPULATION_PARAMETER.get(s.method)
+        if biggest > self.limits.max_population and s.population is None and param is not None:
+            # "auto": the budget would size a population past this server's limit, so the limit sizes it
+            # (the plan says how much of the budget stays unspent)
+            s = replace(s, population=self.limits.max_population)
+            search.method = s.build_method()
+            try:
+                plan = search.plan(s.prompt, nfe_budget=s.nfe_budget, num_inference_steps=s.steps,
+                                   guidance_scale=s.guidance_scale)
+            except (ValueError, TypeError) as err:
+                raise ParameterError(views.one_line(err)) from None
+            biggest = registry.largest_population(plan)
         if biggest > self.limits.max_population:
             raise ParameterError(f"population: {s.method} would hold {biggest} candidates at once with "
                                  f"nfe_budget={s.nfe_budget} and {search.stepper.num_steps} steps; this server's limit is "
                                  f"max_population={self.limits.max_population} (lower nfe_budget or set population)")
-        return search, plan
+        return search, plan, s
 
     def run(self, *inputs, session: str | None = None) -> Iterator[tuple]:
         """Page updates (status, plain, best, plot, verdict, gallery, record, seed) for one request;
         ``inputs`` as :func:`~.request.parse_request` takes them. Raises ParameterError for a
         request it refuses (before any compute)."""
         s = parse_request(self.catalog, self.limits, *inputs)
-        yield (views.status_html("Loading", [f"model {s.model}", f"reward {s.reward_label}", f"seed {s.seed}"]),
-               None, None, None, "", [], None, s.seed)
-        search, plan = self.prepare(s)
+        if not self.loaded(s):  # the previous results stay until this request is accepted
+            yield (views.status_html("Loading", [f"model {s.model}", f"reward {s.reward_label}", f"seed {s.seed}"]),
+                   KEEP, KEEP, KEEP, KEEP, KEEP, KEEP, s.seed)
+        search, plan, s = self.prepare(s)
         run_dir = self._new_run_dir()
         events: queue.Queue = queue.Queue()
         stop = threading.Event()

@@ -20,6 +20,18 @@ SAMPLE_PX = 256
 MAX_MESSAGE = 300  # characters of an error shown or logged
 
 
+#: library advice in messages, as the page words it (the page has fields, not Python calls or flags)
+PAGE_WORDS = {"(SearchPipeline.from_pipe(..., eta=1.0))": "(set eta above 0 under sampler details)",
+              "SearchPipeline(..., judge=...)": "a model with a judge"}
+
+
+def for_page(text: str) -> str:
+    """``text`` with library advice re-worded for the page (:data:`PAGE_WORDS`)."""
+    for library, page in PAGE_WORDS.items():
+        text = text.replace(library, page)
+    return text
+
+
 def one_line(text, limit: int = MAX_MESSAGE) -> str:
     """``text`` on one line, at most ``limit`` characters."""
     text = " ".join(str(text).split())

@@ -110,6 +110,10 @@ class DigitClassifierReward(Reward):
         self.path = path
         self.model = load_digit_classifier(path, device=self.device)
 
+    def check_prompt(self, prompt) -> None:
+        if self.target is None:
+            parse_digit(prompt)
+
     def targets(self, prompts: list[str], n: int) -> torch.Tensor:
         if self.target is not None:
             return torch.full((n,), self.target, dtype=torch.long)

@@ -89,6 +89,9 @@ class ShapesCLIPScore(Reward):
         self.tokenizer = build_tokenizer()
         self.batch_size = int(batch_size)
 
+    def check_prompt(self, prompt) -> None:
+        parse_prompt(prompt)
+
     def text_features(self, prompts: list[str]) -> torch.Tensor:
         texts = [normalize_prompt(p) for p in prompts]
         for p in prompts:
