@@ -112,9 +112,20 @@ def cmd_generate(args) -> int:
         pf.quiet_loading()
     reward_name = pf.reward_name(args.reward, model)
     pf.check_reward_checkpoint(args.reward_checkpoint)
+    main_process = True
+    if args.distribute == "population":  # under a launcher: this process's device, one search over all
+        from .batch.command import resolve_device, wants_cpu
+        from .search.distributed import process_group_size
+
+        if process_group_size() > 1:
+            from accelerate import PartialState
+
+            state = PartialState(cpu=wants_cpu(device))
+            device, main_process = resolve_device(device, state), state.is_main_process
     search = pf.build_search(model, method, reward_name, args.reward_checkpoint, device=device,
                              max_batch_size=args.max_batch_size, eta=args.eta, judge=args.judge,
-                             early_stop=early_stop, target_judge=args.target_judge)
+                             early_stop=early_stop, target_judge=args.target_judge,
+                             distributed="auto" if args.distribute == "population" else False)
     budget = pf.default_nfe_budget(args.nfe_budget, args.population, args.steps, search.stepper)
     prompt = args.prompt if args.prompt is not None else pf.default_prompt(model)
     video = {k: v for k, v in (("num_frames", args.num_frames), ("num_segments", args.num_segments)) if v is not None}
@@ -123,6 +134,8 @@ def cmd_generate(args) -> int:
              "options": options, "judge_choice": args.judge}
 
     def write(out):
+        if not main_process:  # a search spread over processes: the main process writes
+            return {}
         try:
             return write_outputs(out, out_dir, args.method, fps=args.fps, reward_name=reward_name, extra=extra)
         except OSError as err:  # disk full, the folder removed meanwhile
@@ -143,7 +156,8 @@ def cmd_generate(args) -> int:
         raise SearchFailed(f"the search stopped at NFE {partial.stats.nfe} on an error from the reward "
                            f"{reward_name!r}: {type(err).__name__}: {err}; {best}") from err
     paths = write(out)
-    print_summary(out, args.method, paths, time.perf_counter() - t0)
+    if main_process:
+        print_summary(out, args.method, paths, time.perf_counter() - t0)
     return 0 if out.complete else 130
 
 
@@ -206,6 +220,9 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-segments", type=int, default=None,
                    help="segment models (moving-digits): segments per video (default: the model's)")
     g.add_argument("--fps", type=float, default=8.0, help="video models: frames per second of best.mp4/.gif")
+    g.add_argument("--distribute", default="none", choices=("none", "population"),
+                   help="under `accelerate launch` / torchrun: population = spread the search's population over "
+                        "the processes (one search, the same result as one process; the main process writes)")
     g.set_defaults(func=cmd_generate)
 
     b = sub.add_parser("batch", help="search every prompt of a .txt/.jsonl file; resumable, multi-process",
@@ -223,6 +240,10 @@ def make_parser() -> argparse.ArgumentParser:
                    help="also save a grid of each prompt's final population (images/<id>.population.png)")
     b.add_argument("--retry-failed", action="store_true",
                    help="search the prompts that failed in an earlier run again (default: keep their error lines)")
+    b.add_argument("--distribute", default="prompts", choices=("prompts", "population"),
+                   help="under `accelerate launch` / torchrun: prompts = process k takes the prompts with index % "
+                        "num_processes == k; population = every process takes part in each prompt's search (its "
+                        "population spread over them; the main process writes)")
     b.add_argument("--total-nfe-budget", type=int, default=None, metavar="N",
                    help="share N NFE over all prompts: wave 1 gives each min(N // (2 x prompts), --nfe-budget), "
                         "the rest goes to the prompts with the most estimated headroom (default: off, every prompt "

@@ -100,18 +100,23 @@ def cmd_batch(args) -> int:
               "guidance_scale": args.guidance_scale, "eta": args.eta, "nfe_budget": args.nfe_budget,
               "total_nfe_budget": total, "judge": args.judge}
 
+    together = args.distribute == "population" and state.num_processes > 1
+    if together and total is not None:
+        raise ParameterError("--distribute: population cannot be combined with --total-nfe-budget yet (its waves "
+                             "split the prompts over the processes); use --distribute prompts")
+
     def make():
         return pf.build_search(model, pf.make_method(args.method, args.population, options), reward,
                                args.reward_checkpoint, device=device,
                                max_batch_size=args.max_batch_size, eta=args.eta, judge=args.judge,
-                               early_stop=early_stop, target_judge=args.target_judge)
+                               early_stop=early_stop, target_judge=args.target_judge, distributed=together)
 
     search = LazySearch(make, args.nfe_budget, args.population, args.steps)
     common = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, config=config,
                   save_population=args.save_population, progress=not args.quiet, state=state,
                   retry_failed=args.retry_failed)
     if total is None:
-        summary = run_batch(search, items, out_dir, **common)
+        summary = run_batch(search, items, out_dir, distribute="population" if together else "prompts", **common)
     else:
         if args.population is not None:
             raise ParameterError("--population: with --total-nfe-budget the budget sizes every search; leave it unset")

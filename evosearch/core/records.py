@@ -111,7 +111,9 @@ class SearchStats:
     (``"early stop: ..."``, ``"interrupted"``, ``"error: ..."``) or None. A distributed search
     (``world_size`` > 1) counts NFE, decodes and reward calls over every rank, and adds
     ``comm_bytes`` (bytes this rank received through collectives) and ``seconds["comm"]`` (time
-    in collectives, waiting for slower ranks included; it overlaps the other phases)."""
+    in collectives, waiting for slower ranks included; it overlaps the other phases), split into
+    ``seconds["comm_sync"]`` (the stop/progress syncs, where waiting for the slowest rank shows)
+    and ``seconds["comm_data"]`` (moving rewards, samples and states)."""
 
     nfe: int = 0
     nfe_budget: int | None = None

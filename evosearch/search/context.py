@@ -112,8 +112,9 @@ class SearchContext:
         self._tokens0 = getattr(stepper, "tokens", None)
         self._t0 = time.perf_counter()
         self._global = (0, 0)  # distributed: (NFE, decodes) of every rank at the last sync
+        self._stop_pending = False  # distributed: a stop seen at a sync that lets a scored batch finish
         if dist is not None:
-            self._comm0 = (dist.bytes, dist.seconds)
+            self._comm0 = (dist.bytes, dict(dist.seconds_by_kind))
             self.stats.world_size = dist.world
             progress = progress and dist.is_main
         self._bar = tqdm(total=planned_nfe or nfe_budget, unit="nfe", desc="search", disable=not progress, leave=False)
@@ -169,19 +170,22 @@ class SearchContext:
         self.check_stop()
 
     # -- distributed: the sync every collective starts with -------------------------------
-    def sync(self, done: bool = True, stop: bool | None = None, error: BaseException | None = None) -> int:
-        """One all-reduce of (stop, error, NFE, decodes, done) over the ranks; every collective of a
-        distributed search starts with one, so a rank that stops or fails is heard by every other
+    def sync(self, done: bool = True, stop: bool | None = None, error: BaseException | None = None,
+             defer_stop: bool = False, leaving: bool = False) -> int:
+        """One all-reduce of (stop, error, NFE, decodes, done, leaving) over the ranks; every collective
+        of a distributed search starts with one, so a rank that stops or fails is heard by every other
         rank at its next sync (a micro-batch away) and no rank waits in a collective the others never
-        reach. Raises :class:`SearchInterrupted` on every rank when any rank's ``stop()`` is true, and
-        the failing rank's error (one message naming the rank) on every rank when one failed.
+        reach. Raises :class:`SearchInterrupted` on every rank when any rank's ``stop()`` is true
+        (``defer_stop``: at the next sync instead, so that a scored batch is recorded first), and the
+        failing rank's error (one message naming the rank) on every rank when one failed.
         Returns how many ranks said ``done`` (the end of a phase of uneven micro-batches)."""
         d = self.dist
         if stop is None:
             stop = bool(self.stop is not None and self.stop())
+        stop = stop or self._stop_pending
         with self.timed("comm"):
             t = d.all_reduce([float(stop), float(error is not None), self.stepper.nfe - self._nfe0,
-                              self.stepper.decode_calls - self._decode0, float(done)])
+                              self.stepper.decode_calls - self._decode0, float(done), float(leaving)])
         if t[1] > 0:
             from .distributed import _picklable_error, error_class
 
@@ -195,9 +199,12 @@ class SearchContext:
             raise combined from error
         self._global = (int(t[2]), int(t[3]))
         if t[0] > 0:
-            interrupted = SearchInterrupted()
-            interrupted.synced = True
-            raise interrupted
+            if defer_stop and t[5] == 0:  # every rank is still here: finish the batch, stop at the next sync
+                self._stop_pending = True
+            else:
+                interrupted = SearchInterrupted()
+                interrupted.synced = True
+                raise interrupted
         return int(t[4])
 
     def settle(self) -> None:
@@ -214,7 +221,7 @@ class SearchContext:
             return err
         interrupt = isinstance(err, (SearchInterrupted, KeyboardInterrupt))
         try:
-            self.sync(stop=interrupt, error=None if interrupt else err)
+            self.sync(stop=interrupt, error=None if interrupt else err, leaving=True)
         except Exception as combined:
             return err if interrupt else combined
         return err
@@ -333,6 +340,8 @@ class SearchContext:
         self.stats.decode_calls = self.stepper.decode_calls - self._decode0 if self.dist is None else self._global[1]
         if self.dist is not None:
             self.stats.comm_bytes = self.dist.bytes - self._comm0[0]
+            for kind, t in self.dist.seconds_by_kind.items():  # comm = sync (incl. waiting) + data
+                self.stats.seconds[f"comm_{kind}"] = t - self._comm0[1][kind]
         if self._tokens0 is not None:
             self.stats.tokens = self.stepper.tokens - self._tokens0
         self.stats.seconds["total"] = time.perf_counter() - self._t0

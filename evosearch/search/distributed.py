@@ -137,6 +137,9 @@ class Collective:
         self.device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
         self.bytes = 0
         self.seconds = 0.0
+        #: seconds in the syncs (a few numbers; they absorb the wait for the slowest rank) and in the
+        #: collectives that move data (rewards, samples, states)
+        self.seconds_by_kind = {"sync": 0.0, "data": 0.0}
         self.broken = False  # a collective itself failed: no more collectives (they could hang)
 
     def __repr__(self) -> str:
@@ -149,7 +152,7 @@ class Collective:
     def span(self, n: int) -> tuple[int, int]:
         return span(n, self.rank, self.world)
 
-    def _run(self, fn, *args):
+    def _run(self, fn, *args, kind: str = "data"):
         t = time.perf_counter()
         try:
             return fn(*args)
@@ -158,12 +161,14 @@ class Collective:
             raise DistributedSearchError(f"distributed: a collective failed on rank {self.rank} of {self.world} "
                                          f"(another rank died or the group broke): {type(err).__name__}: {err}") from err
         finally:
-            self.seconds += time.perf_counter() - t
+            dt = time.perf_counter() - t
+            self.seconds += dt
+            self.seconds_by_kind[kind] += dt
 
     def all_reduce(self, values: Sequence[float]) -> torch.Tensor:
         """The sum over ranks of a few numbers (float64, exact for counts below 2**53)."""
         t = torch.tensor(list(values), dtype=torch.float64, device=self.device)
-        self._run(self._dist.all_reduce, t, self._dist.ReduceOp.SUM, self.group)
+        self._run(self._dist.all_reduce, t, self._dist.ReduceOp.SUM, self.group, kind="sync")
         self.bytes += t.numel() * t.element_size() * (self.world - 1)
         return t.cpu()
 

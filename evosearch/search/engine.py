@@ -126,7 +126,7 @@ class SearchRun(SearchContext):
         self.sync()
         with self.timed("comm"):
             parts = [p for p in self.dist.all_gather_objects(local) if p is not None]
-        return self.stepper.concat(parts)
+        return torch.cat(parts)
 
     # -- making populations --------------------------------------------------------------
     def new_lineages(self, n: int) -> list[Lineage]:
@@ -287,7 +287,7 @@ class SearchRun(SearchContext):
             with self.timed("decode"):
                 images = self.stepper.finish(states) if len(states) else None
             rewards = self.score_local(images)
-            self.sync()
+            self.sync(defer_stop=True)  # a stop requested now keeps this batch, as in one process
             with self.timed("comm"):
                 parts = self.dist.all_gather_objects((rewards, None if images is None else as_stored(images)))
             rewards = np.concatenate([r for r, _ in parts])

@@ -98,28 +98,29 @@ def summarize(out) -> dict:
             "history": [{k: v for k, v in h.to_dict().items() if k != "seconds"} for h in out.history]}
 
 
-def shapes_search(rank: int, world: int, spec: dict) -> dict:
-    """One search on the bundled shapes world described by ``spec`` ({"method": registry name,
-    "options": {...}, "population", "prompt", "seed", "steps", "max_batch_size", "nfe_budget",
-    "distributed", "variant", "stop_rank"/"stop_after_nfe": this rank's stop() turns true once that
-    many NFE are spent, "fail_rank": this rank's reward raises on its first call, "reward_device"});
-    returns :func:`summarize` of the output, or {"error": class, "message"} for a raised error."""
+_LOADED: dict = {}
+
+
+def bundled_search(rank: int, world: int, spec: dict) -> dict:
+    """One search on a bundled world described by ``spec`` ({"model": "shapes" (default), "var-digits",
+    "moving-digits", ...; "method": registry name, "options": {...}, "population", "prompt", "seed",
+    "steps", "max_batch_size", "nfe_budget", "distributed"; "stop_rank"/"stop_after_nfe": that rank's
+    stop() turns true once that many NFE are spent; "fail_rank": that rank's reward raises;
+    "reward_device"}); returns :func:`summarize` of the output, or {"error": class, "message",
+    "partial"} for a raised error. Models load once per process."""
     from .. import SearchPipeline
-    from ..bundled import shapes
-    from ..registry import build_method
-    from ..rewards.base import as_reward
+    from ..registry import MODELS, build_method, default_reward, load_model, load_reward
+    from ..rewards.base import FunctionReward
 
-    pipe = shapes.load_pipeline(spec.get("variant", "diffusion"))
-    reward = shapes.load_reward()
+    model = spec.get("model", "shapes")
+    if model not in _LOADED:
+        _LOADED[model] = (load_model(model, "cpu"), load_reward(default_reward(model), None, "cpu"))
+    pipe, reward = _LOADED[model]
     if spec.get("fail_rank") == rank:
-        good = reward
-
-        def reward(images, prompts):  # noqa: F811 -- this rank's reward breaks
+        def broken(images, prompts):
             raise ValueError(f"the verifier on rank {rank} is broken")
 
-        reward = as_reward(reward)
-        reward.name = f"broken_on_rank_{rank}"
-        del good
+        reward = FunctionReward(broken, name="broken_verifier")
     method = build_method(spec.get("method", "evosearch"), spec.get("population"), **spec.get("options", {}))
     search = SearchPipeline.from_pipe(pipe, reward=reward, method=method, max_batch_size=spec.get("max_batch_size", 4),
                                       distributed=spec.get("distributed", "auto"), judge=False,
@@ -134,7 +135,7 @@ def shapes_search(rank: int, world: int, spec: dict) -> dict:
 
     kwargs = {k: spec[k] for k in ("nfe_budget", "num_frames", "num_segments") if spec.get(k) is not None}
     try:
-        out = search(spec.get("prompt", "a red circle"), seed=spec.get("seed", 0),
+        out = search(spec.get("prompt", MODELS[model].default_prompt), seed=spec.get("seed", 0),
                      num_inference_steps=spec.get("steps", 4), progress=False, stop=stop, callback=callback, **kwargs)
     except Exception as err:  # noqa: BLE001 -- the test compares what every rank raised
         partial = getattr(err, "partial", None)
@@ -143,4 +144,9 @@ def shapes_search(rank: int, world: int, spec: dict) -> dict:
     return summarize(out)
 
 
-__all__ = ["run_processes", "free_port", "shapes_search", "summarize"]
+def bundled_searches(rank: int, world: int, specs: list) -> list:
+    """:func:`bundled_search` of each spec in turn, in one process group."""
+    return [bundled_search(rank, world, spec) for spec in specs]
+
+
+__all__ = ["run_processes", "free_port", "bundled_search", "bundled_searches", "summarize"]
