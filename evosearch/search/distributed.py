@@ -33,8 +33,11 @@ import torch
 
 from ..core.validation import ParameterError, describe
 
-#: methods whose population is not a batch of rows the engine can split
-REFUSED_METHODS: dict[str, str] = {}
+#: methods a distributed search refuses, and why
+REFUSED_METHODS: dict[str, str] = {
+    "tts-var": "its k-means selection on the gathered previews of a next-scale model has not been shown to give "
+               "the same samples at every world size",
+}
 DISTRIBUTED_CHOICES = (True, False, "auto")
 
 
