@@ -110,12 +110,13 @@ def compare(one: dict, other: dict) -> dict:
 
 def run_equality(args) -> dict:
     sys.path.insert(0, str(ROOT / "tests"))
-    from test_distributed import EQUAL, spec  # noqa: E402 -- the tests' own settings
+    from test_distributed import EQUAL, MORE, spec  # noqa: E402 -- the tests' own settings
 
-    names = list(EQUAL)
+    methods = {**EQUAL, **MORE}
+    names = list(methods)
     results = {}
     for world in args.worlds:
-        ranks = run_processes(bundled_searches, world, [spec(EQUAL[n], distributed=world > 1) for n in names],
+        ranks = run_processes(bundled_searches, world, [spec(methods[n], distributed=world > 1) for n in names],
                               timeout=args.timeout, threads=args.threads)
         results[world] = {n: [r[k] for r in ranks] for k, n in enumerate(names)}
     base = args.worlds[0]
@@ -133,7 +134,7 @@ def run_equality(args) -> dict:
                 continue
             print(f"{n:>15} {world:>5} {str(c['lineage']):>8} {str(c['nfe']):>5} {str(c['reward_calls']):>6} "
                   f"{str(c['history']):>8} {str(agree):>12} {c['max_rel_reward_diff']:>11.2e} {c['comm_bytes']:>11}")
-    return {"table": table, "settings": {**vars(args), "specs": {n: EQUAL[n] for n in names}}}
+    return {"table": table, "settings": {**vars(args), "specs": methods}}
 
 
 def main(argv=None):

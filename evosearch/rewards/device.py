@@ -3,34 +3,18 @@
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 
 from ..core.validation import ParameterError, describe
 from .base import Reward, RewardError, as_reward, broadcast_prompts, is_video_batch, to_tensor_images, to_tensor_videos
 
-DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?|mps|xpu(:\d+)?)$")
-
-
 def check_reward_device(device) -> torch.device:
-    """``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``xpu:N`` (or a torch.device) that this machine has."""
-    if isinstance(device, torch.device):
-        device = str(device)
-    if not isinstance(device, str) or not DEVICE_RE.match(device):
-        raise ParameterError(f"reward_device: must be a device such as 'cpu', 'cuda', 'cuda:1' or 'mps', "
-                             f"got {describe(device)}")
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if (dev.index or 0) >= count:
-            raise ParameterError(f"reward_device: {device} asked for, but this machine has {count} CUDA device(s)"
-                                 + (f": cuda:0 to cuda:{count - 1}" if count else ""))
-    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ParameterError("reward_device: mps asked for, but torch has no MPS (Apple GPU) backend here")
-    elif dev.type == "xpu" and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
-        raise ParameterError(f"reward_device: {device} asked for, but torch sees no XPU here")
-    return dev
+    """``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (or a torch.device) that this machine has; errors name
+    ``reward_device`` (the CLI's own device check)."""
+    from ..preflight import check_device
+
+    return torch.device(check_device(str(device) if isinstance(device, torch.device) else device, "reward_device"))
 
 
 def move_to(obj, device: torch.device, depth: int = 3, seen=None) -> None:
