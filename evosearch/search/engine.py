@@ -245,17 +245,30 @@ class SearchRun(SearchContext):
         return pop.replace(states=states, step=i + 1)
 
     # -- scoring -------------------------------------------------------------------------
-    def score_preview(self, prediction: Prediction) -> np.ndarray:
+    def score_preview(self, prediction: Prediction, plain_from: Population | None = None) -> np.ndarray:
         """Rewards (N,) of the decoded x0 previews of a :meth:`predict` output (decodes and reward
-        calls, no NFE). Record them with :meth:`log_preview`."""
+        calls, no NFE). Record them with :meth:`log_preview`. ``plain_from``: the population the
+        prediction was made for, when its rows are plain samples that will not all be finished (a
+        screening generation): the first previews then stand for plain sampling in the judge's
+        report, marked as previews at that step."""
         if self.dist is not None:
             x0_hat = self._rows(prediction.x0_hat)
             with self.timed("decode"):
                 images = self.stepper.finish(x0_hat) if len(x0_hat) else None
-            return self.gather_rewards(self.score_local(images))
+            rewards = self.gather_rewards(self.score_local(images))
+            if plain_from is not None and not self.plain:  # the first samples' previews, from their ranks
+                first = self.plain_samples
+                lo, _ = self.dist.span(len(rewards))
+                mine = None if images is None or lo >= first else images[: first - lo]
+                shown = self._gather_images(mine)
+                self.keep_plain(shown, rewards, plain_from.lineages, f"x0 previews at step {plain_from.step}")
+            return rewards
         with self.timed("decode"):
             images = self.stepper.finish(prediction.x0_hat)
-        return self.score(images)
+        rewards = self.score(images)
+        if plain_from is not None and not self.plain:
+            self.keep_plain(images, rewards, plain_from.lineages, f"x0 previews at step {plain_from.step}")
+        return rewards
 
     def preview_images(self, pop: Population):
         """Decoded previews of ``pop`` at its step (next-scale models: the current scale's image)."""
