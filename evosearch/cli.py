@@ -123,9 +123,20 @@ def cmd_generate(args) -> int:
     out_dir = pf.check_out_dir(args.out)
     if args.quiet:
         pf.quiet_loading()
+    main_process = True
+    if args.distribute == "population":  # under a launcher: this process's device, one search over all
+        from .batch.command import resolve_device, wants_cpu
+        from .search.distributed import process_group_size
+
+        if process_group_size() > 1:
+            from accelerate import PartialState
+
+            state = PartialState(cpu=wants_cpu(device))
+            device, main_process = resolve_device(device, state), state.is_main_process
     search = pf.build_search(model, method, reward_name, args.reward_checkpoint, device=device,
                              max_batch_size=args.max_batch_size, eta=args.eta, judge=args.judge,
-                             early_stop=early_stop, target_judge=args.target_judge)
+                             early_stop=early_stop, target_judge=args.target_judge,
+                             distributed="auto" if args.distribute == "population" else False)
     pf.check_video_flags(model, search.stepper, fps=args.fps, **video)  # a folder's model, now that it is loaded
     budget = pf.default_nfe_budget(args.nfe_budget, args.population, args.steps, search.stepper)
     extra = {"model": model if model in MODELS else pf.user_path(model, out_dir), "reward": reward_name,
@@ -133,6 +144,8 @@ def cmd_generate(args) -> int:
              "options": options, "judge_choice": args.judge}
 
     def write(out):
+        if not main_process:  # a search spread over processes: the main process writes
+            return {}
         try:
             return write_outputs(out, out_dir, args.method, fps=fps, reward_name=reward_name, extra=extra)
         except OSError as err:  # disk full, the folder removed meanwhile
@@ -157,7 +170,8 @@ def cmd_generate(args) -> int:
         raise SearchFailed(f"the search stopped at NFE {partial.stats.nfe} on an error from {source}: "
                            f"{type(err).__name__}: {err}; {best}") from err
     paths = write(out)
-    print_summary(out, args.method, paths, time.perf_counter() - t0)
+    if main_process:
+        print_summary(out, args.method, paths, time.perf_counter() - t0)
     return 0 if out.complete else 130
 
 
@@ -221,6 +235,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="segment models (moving-digits): segments per video (default: the model's)")
     g.add_argument("--fps", type=float, default=None,
                    help="video models: frames per second of best.mp4/.gif (default: 8)")
+    g.add_argument("--distribute", default="none", choices=("none", "population"),
+                   help="under `accelerate launch` / torchrun: population = spread the search's population over "
+                        "the processes (one search, the same result as one process; the main process writes)")
     g.set_defaults(func=cmd_generate)
 
     b = sub.add_parser("batch", help="search every prompt of a .txt/.jsonl file; resumable, multi-process",
@@ -239,6 +256,10 @@ def make_parser() -> argparse.ArgumentParser:
                    help="also save a grid of each prompt's final population (images/<id>.population.png)")
     b.add_argument("--retry-failed", action="store_true",
                    help="search the prompts that failed in an earlier run again (default: keep their error lines)")
+    b.add_argument("--distribute", default="prompts", choices=("prompts", "population"),
+                   help="under `accelerate launch` / torchrun: prompts = process k takes the prompts with index % "
+                        "num_processes == k; population = every process takes part in each prompt's search (its "
+                        "population spread over them; the main process writes)")
     b.add_argument("--total-nfe-budget", type=int, default=None, metavar="N",
                    help="share N NFE over all prompts: wave 1 gives each min(N // (2 x prompts), --nfe-budget), "
                         "the rest goes to the prompts with the most estimated headroom (default: off, every prompt "

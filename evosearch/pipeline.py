@@ -16,7 +16,9 @@ from .core.stepper import check_capabilities
 from .core.validation import ParameterError, check_choice, check_int, describe
 from .judging import JudgeReport, as_judge, judge_output
 from .rewards.base import as_reward, check_reward_prompt
+from .rewards.device import RewardOnDevice
 from .search.context import EarlyStop, SearchInterrupted, SearchStopped
+from .search.distributed import DISTRIBUTED_CHOICES, REFUSED_METHODS, resolve_collective
 from .search.engine import SearchRun
 from .search.method import SearchMethod
 
@@ -129,6 +131,18 @@ def with_unspent_note(plan: Plan, nfe_budget: int | None, trajectory_nfe: int) -
     return replace(plan, details={**plan.details, "unspent": left, "note": note})
 
 
+def check_same_request(dist, method, prompt, seed, nfe_budget, plan: Plan) -> None:
+    """Distributed: every process must search the same thing, else a ParameterError (on every
+    process) naming what differs."""
+    mine = {"prompt": prompt, "seed": int(seed), "nfe_budget": nfe_budget, "method": method.config(),
+            "plan": plan.to_dict()}
+    everyone = dist.all_gather_objects(mine)
+    differ = sorted({k for other in everyone for k in mine if other[k] != mine[k]})
+    if differ:
+        raise ParameterError(f"{differ[0]}: the processes of a distributed search must run the same call; they "
+                             f"differ in {', '.join(differ)} ({[o[differ[0]] for o in everyone]})")
+
+
 class SearchPipeline:
     """Test-time search around a diffusers pipeline.
 
@@ -140,40 +154,58 @@ class SearchPipeline:
     """
 
     def __init__(self, pipe, reward, method=None, max_batch_size: int = 16, eta: float = 1.0, *, stepper=None,
-                 judge=None, early_stop: EarlyStop | None = None):
+                 judge=None, early_stop: EarlyStop | None = None, distributed=False, reward_device=None):
         from .pipelines import stepper_for  # the families import diffusers: only once a model is wrapped
         from .search.best_of_n import BestOfN
 
         self.pipe = pipe
         self.reward = as_reward(reward)
         self.method = check_method(method) if method is not None else BestOfN(n=4)
+        if not any(distributed is c for c in DISTRIBUTED_CHOICES):
+            raise ParameterError(f"distributed: must be True, False or 'auto', got {describe(distributed)}")
         if early_stop is not None and not isinstance(early_stop, EarlyStop):
             raise ParameterError(f"early_stop: expected EarlyStop(...) or None, got {describe(early_stop)}")
         self.early_stop = early_stop
         # a ready Stepper (from_stepper) brings its own max_batch_size and eta
         self.stepper = stepper if stepper is not None else stepper_for(pipe, max_batch_size=max_batch_size, eta=eta)
         self.judge = as_judge(judge, pipe)
+        if reward_device is not None:
+            self.reward = RewardOnDevice(self.reward, reward_device, self.stepper.max_batch_size)
+        self.reward_device = reward_device
+        #: the process group a distributed search runs on (None: this process alone)
+        self.dist = resolve_collective(distributed, self.stepper.device)
         self._lock = threading.Lock()
 
     @classmethod
     def from_pipe(cls, pipe, reward, method=None, max_batch_size: int = 16, eta: float = 1.0, judge=None,
-                  early_stop: EarlyStop | None = None) -> "SearchPipeline":
+                  early_stop: EarlyStop | None = None, distributed=False, reward_device=None) -> "SearchPipeline":
         """Wrap an existing diffusers pipeline object (its modules are shared, not copied).
 
         ``eta`` is the sampler's noise level in [0, 1] (1: ancestral; EvoSearch needs > 0).
         ``judge``: a held-out judge, a callable ``(images, prompts) -> [{"correct", "valid", ...}]`` or
-        a Reward; None = the bundled world's own judge when the pipeline has one; False = none."""
+        a Reward; None = the bundled world's own judge when the pipeline has one; False = none.
+
+        ``distributed``: spread the population of each search over the processes of a
+        torch.distributed group (``accelerate launch`` / ``torchrun``; accelerate's ``PartialState``
+        sets it up): True, False, or "auto" (on whenever there is a group of more than one process).
+        Every process runs the same call (same prompt, seed and settings, checked) and gets the same
+        output; the winner does not depend on the number of processes (to float rounding).
+
+        ``reward_device``: the device the reward runs on (e.g. "cuda:1" beside a generator on
+        "cuda:0"); the reward's modules are moved there and it scores micro-batches of
+        ``max_batch_size`` samples."""
         return cls(pipe, reward=reward, method=method, max_batch_size=max_batch_size, eta=eta, judge=judge,
-                   early_stop=early_stop)
+                   early_stop=early_stop, distributed=distributed, reward_device=reward_device)
 
     @classmethod
-    def from_stepper(cls, stepper, reward, method=None, judge=None, early_stop=None) -> "SearchPipeline":
+    def from_stepper(cls, stepper, reward, method=None, judge=None, early_stop=None, distributed=False,
+                     reward_device=None) -> "SearchPipeline":
         """Wrap a ready Stepper (e.g. :class:`~evosearch.pipelines.kdiffusion.KDiffusionStepper` over
         ComfyUI's model call); its ``max_batch_size`` and ``eta`` apply."""
         if not all(hasattr(stepper, a) for a in ("prepare", "start", "step", "finish", "noise_scale")):
             raise ParameterError(f"stepper: expected an evosearch Stepper, got {describe(stepper)}")
         return cls(getattr(stepper, "pipe", None), reward=reward, method=method, stepper=stepper, judge=judge,
-                   early_stop=early_stop)
+                   early_stop=early_stop, distributed=distributed, reward_device=reward_device)
 
     @property
     def max_batch_size(self) -> int:
@@ -220,21 +252,25 @@ class SearchPipeline:
             plan = self._plan(method, prompt, nfe_budget, num_inference_steps=num_inference_steps,
                               guidance_scale=guidance_scale, negative_prompt=negative_prompt, height=height,
                               width=width, **extra)
+            if self.dist is not None:
+                check_same_request(self.dist, method, prompt, seed, nfe_budget, plan)
             run = SearchRun(self.stepper, self.reward, prompt, int(seed), nfe_budget=nfe_budget, callback=callback,
                             stop=stop, progress=progress, planned_nfe=plan.nfe, early_stop=early_stop,
-                            judge=self.judge)
+                            judge=self.judge, dist=self.dist)
             run.plan = plan
             complete, failure = True, None
             try:
                 run.emit(SearchEvent("plan", 0, plan.nfe))
                 method.run(run)
-            except (SearchInterrupted, KeyboardInterrupt):
+            except (SearchInterrupted, KeyboardInterrupt) as err:
+                run.announce(err)  # distributed: every rank stops at its next sync
                 complete, run.stats.stopped = False, "interrupted"
             except SearchStopped as stopped:
                 run.stats.stopped = stopped.reason
             except Exception as err:  # a user's reward or callback, or a bug: keep the best so far
-                complete, failure = False, err
-                run.stats.stopped = f"error: {type(err).__name__}"
+                failure = run.announce(err)  # distributed: every rank raises the same error
+                complete = False
+                run.stats.stopped = f"error: {type(failure).__name__}"
             finally:
                 run.finalize()
         out = self._output(run, method, seed, nfe_budget, output_type, complete)
@@ -244,6 +280,9 @@ class SearchPipeline:
         return out
 
     def _plan(self, method: SearchMethod, prompt, nfe_budget, **request) -> Plan:
+        if self.dist is not None and method.name in REFUSED_METHODS:
+            raise ParameterError(f"method: {method.name} cannot spread its population over processes "
+                                 f"({REFUSED_METHODS[method.name]}); run it with distributed=False")
         self.stepper.prepare(prompt, **request)
         plan = method.plan(nfe_budget, self.stepper.num_steps, getattr(self.stepper, "num_segments", None))
         check_capabilities(method.name, method.requirements(plan), self.stepper)

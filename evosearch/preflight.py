@@ -271,7 +271,7 @@ def quiet_loading() -> None:
 
 
 def build_search(model: str, method, reward_name: str, checkpoint, *, device: str, max_batch_size: int, eta: float,
-                 judge: str = "default", early_stop=None, target_judge: bool = False):
+                 judge: str = "default", early_stop=None, target_judge: bool = False, distributed=False):
     """The SearchPipeline the flags describe: the model first (a missing model is the first thing to
     report), then the reward, both on ``device``."""
     from .pipeline import SearchPipeline
@@ -280,7 +280,8 @@ def build_search(model: str, method, reward_name: str, checkpoint, *, device: st
     reward = open_reward(reward_name, checkpoint, device)
     try:
         search = SearchPipeline.from_pipe(pipe, reward=reward, method=method, max_batch_size=max_batch_size,
-                                          eta=eta, judge=False if judge == "none" else None, early_stop=early_stop)
+                                          eta=eta, judge=False if judge == "none" else None, early_stop=early_stop,
+                                          distributed=distributed)
     except (ValueError, TypeError) as err:
         raise flag_error("--model", err, {"max_batch_size": "--max-batch-size", "eta": "--eta"}) from err
     if target_judge and search.judge is None:

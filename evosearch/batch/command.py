@@ -106,11 +106,16 @@ def cmd_batch(args) -> int:
               "guidance_scale": args.guidance_scale, "eta": args.eta, "nfe_budget": args.nfe_budget,
               "total_nfe_budget": total, "judge": args.judge}
 
+    together = args.distribute == "population" and state.num_processes > 1
+    if together and total is not None:
+        raise ParameterError("--distribute: population cannot be combined with --total-nfe-budget yet (its waves "
+                             "split the prompts over the processes); use --distribute prompts")
+
     def make():
         return pf.build_search(model, pf.make_method(args.method, args.population, options), reward,
                                args.reward_checkpoint, device=device,
                                max_batch_size=args.max_batch_size, eta=args.eta, judge=args.judge,
-                               early_stop=early_stop, target_judge=args.target_judge)
+                               early_stop=early_stop, target_judge=args.target_judge, distributed=together)
 
     search = LazySearch(make, args.nfe_budget, args.population, args.steps)
     common = dict(num_inference_steps=args.steps, guidance_scale=args.guidance_scale, config=config,
@@ -119,8 +124,12 @@ def cmd_batch(args) -> int:
     # one run per --out, taken before the model loads: a second run is refused at once
     with locked(out_dir, state, state.process_index, state.num_processes):
         if total is None:
-            summary = run_batch(search, items, out_dir, **common)
+            summary = run_batch(search, items, out_dir, distribute="population" if together else "prompts",
+                                **common)
         else:
+            if args.population is not None:
+                raise ParameterError("--population: with --total-nfe-budget the budget sizes every search; leave "
+                                     "it unset")
             search.load()
             summary = run_total_budget(search, items, out_dir, total, trajectory_nfe=search.trajectory_nfe(),
                                        viable=search.viable, nfe_budget=args.nfe_budget, **common)

@@ -9,6 +9,7 @@ from typing import Collection, Sequence
 
 import numpy as np
 
+from ..core.validation import check_choice
 from ..io import image_grid, portable, save_image
 from .lock import locked
 from .prompts import BatchItem
@@ -18,6 +19,8 @@ from .results import (append_line, fsync_dir, is_done, load_results, merge_resul
 # config keys whose change makes old results incomparable with new ones (warned about on resume)
 CONFIG_KEYS = ("method", "options", "population", "model", "reward", "reward_checkpoint", "steps", "guidance_scale",
                "eta", "nfe_budget", "total_nfe_budget")
+#: how a batch uses several processes: split the prompts, or spread each prompt's population
+DISTRIBUTE = ("prompts", "population")
 #: characters of an exception's message kept in a failed line
 ERROR_CHARS = 500
 
@@ -62,10 +65,12 @@ def spread(rec: dict) -> float:
     return float(np.std(values)) if len(values) >= 2 else 0.0
 
 
-def search_one(search, job: Job, out_dir: Path, steps, guidance_scale, config: dict, save_population: bool) -> dict:
-    """Search one prompt and return its line (its image written first). An exception in the
-    search -- the reward raised or returned NaN, the model refused the prompt -- becomes a
-    ``"failed"`` line with the error and the NFE it spent; the batch goes on."""
+def search_one(search, job: Job, out_dir: Path, steps, guidance_scale, config: dict, save_population: bool,
+               write: bool = True) -> dict:
+    """Search one prompt and return its line (its image written first; ``write=False``: no file,
+    for the other processes of a search spread over several). An exception in the search -- the
+    reward raised or returned NaN, the model refused the prompt -- becomes a ``"failed"`` line
+    with the error and the NFE it spent; the batch goes on."""
     it = job.item
     base = {"id": it.id, "index": it.index, "prompt": it.prompt, "seed": it.seed, "nfe_budget": job.nfe_budget,
             "negative_prompt": it.negative_prompt, "wave": job.wave}
@@ -87,13 +92,15 @@ def search_one(search, job: Job, out_dir: Path, steps, guidance_scale, config: d
     if out.best is not None:
         # the image first (atomic), the line after it: a line never points at a missing image
         rel = job.image_path()
-        with writing(out_dir, f"the image of {it.id}"):
-            save_image(out.best.image, out_dir / rel)
-            rec["image"], rec["best_reward"] = rel, float(out.best.reward)
-            if save_population and out.images:
-                rel_pop = rel.removesuffix(".png") + ".population.png"
-                save_image(image_grid(out.images), out_dir / rel_pop)
-                rec["population_image"] = rel_pop
+        rec["image"], rec["best_reward"] = rel, float(out.best.reward)
+        rel_pop = rel.removesuffix(".png") + ".population.png" if save_population and out.images else None
+        if rel_pop:
+            rec["population_image"] = rel_pop
+        if write:  # a search spread over processes: the main process writes
+            with writing(out_dir, f"the image of {it.id}"):
+                save_image(out.best.image, out_dir / rel)
+                if rel_pop:
+                    save_image(image_grid(out.images), out_dir / rel_pop)
             fsync_dir((out_dir / rel).parent)
     record = out.to_record()
     rec.update(stats=record["stats"], settings=record["settings"], lineage=record["lineage"],
@@ -150,19 +157,21 @@ def warn_other_settings(out_dir: Path, items, existing: dict, config: dict) -> N
 
 def run_jobs(search, jobs: Sequence[Job], out_dir: Path, shard: Path, *, steps, guidance_scale, config: dict,
              save_population: bool, previous: dict, finish=None, keep_interrupted: bool = True,
-             bar=None) -> tuple[list[dict], bool]:
+             bar=None, write: bool = True) -> tuple[list[dict], bool]:
     """Run ``jobs`` in order, appending each line to ``shard``; ``finish(job, rec)`` turns a line
     into the one to write. Stops at an interrupt (Ctrl-C), whose line is written only with
-    ``keep_interrupted``. Returns (the lines written, complete)."""
+    ``keep_interrupted``. ``write=False``: search, write nothing (a helper process of a search
+    spread over several). Returns (the lines, complete)."""
     records = []
     for job in jobs:
-        rec = search_one(search, job, out_dir, steps, guidance_scale, config, save_population)
+        rec = search_one(search, job, out_dir, steps, guidance_scale, config, save_population, write)
         if status(rec) == "interrupted" and not keep_interrupted:
             return records, False  # e.g. a later wave cut short: the earlier result stands, the re-run redoes it
         rec = carry_failed_attempts(rec, previous.get(job.item.id))
         rec = finish(job, rec) if finish is not None else rec
-        with writing(out_dir, f"the result line of {job.item.id}"):
-            append_line(shard, rec)
+        if write:
+            with writing(out_dir, f"the result line of {job.item.id}"):
+                append_line(shard, rec)
         records.append(rec)
         if bar is not None:
             bar.set_postfix(best="-" if rec.get("best_reward") is None else f"{rec['best_reward']:.4g}",
@@ -183,7 +192,8 @@ def run_batch(search, items: Sequence[BatchItem], out_dir, *, nfe_budget: int | 
               num_inference_steps: int | None = None, guidance_scale: float | None = None,
               config: dict | None = None, save_population: bool = False, progress: bool = True,
               state=None, process_index: int | None = None, num_processes: int | None = None,
-              merge: bool = True, retry_failed: bool | Collection[str] = False) -> BatchSummary:
+              merge: bool = True, retry_failed: bool | Collection[str] = False,
+              distribute: str = "prompts") -> BatchSummary:
     """Search every item this process owns and record it in ``out_dir``.
 
     ``search``: a SearchPipeline (or a callable with its signature), or an object whose
@@ -208,11 +218,14 @@ def _run_batch(search, items, out_dir: Path, nfe_budget, num_inference_steps, gu
                save_population, progress, state, process_index, num_processes, merge, retry_failed) -> BatchSummary:
     config = dict(config or {})
 
+    check_choice("distribute", distribute, DISTRIBUTE)
+    together = distribute == "population"
+    writer = process_index == 0 or not together
     shard = out_dir / f"results.rank{process_index}.jsonl"
-    if repair_jsonl(shard):
+    if writer and repair_jsonl(shard):
         print(f"evosearch batch: cut a torn last line off {shard.name} (an interrupted write)", file=sys.stderr)
     existing = load_results(out_dir)
-    mine = [it for it in items if it.index % num_processes == process_index]
+    mine = list(items) if together else [it for it in items if it.index % num_processes == process_index]
 
     def wanted(it: BatchItem) -> bool:
         rec = existing.get(it.id)
@@ -226,12 +239,13 @@ def _run_batch(search, items, out_dir: Path, nfe_budget, num_inference_steps, gu
     if todo:
         search = search.load() if callable(getattr(search, "load", None)) else search
         jobs = [Job(it, it.nfe_budget if it.nfe_budget is not None else nfe_budget, it.seed) for it in todo]
-        desc = "batch" if num_processes == 1 else f"batch (process {process_index}/{num_processes})"
+        desc = "batch" if num_processes == 1 or together else f"batch (process {process_index}/{num_processes})"
         bar = progress_bar(len(mine), len(mine) - len(todo), desc, progress and process_index == 0)
         try:
             records, complete = run_jobs(search, jobs, out_dir, shard, steps=num_inference_steps,
                                          guidance_scale=guidance_scale, config=config,
-                                         save_population=save_population, previous=existing, bar=bar)
+                                         save_population=save_population, previous=existing, bar=bar,
+                                         write=writer)
         finally:
             bar.close()
 

@@ -108,7 +108,12 @@ class SearchStats:
     one NFE is one batched cond+uncond pass, the papers' unit); ``planned_nfe``: what the plan
     would spend; ``reward_calls``: samples scored; ``decode_calls``: samples decoded;
     ``seconds``: wall time per phase; ``stopped``: why the search ended before its plan
-    (``"early stop: ..."``, ``"interrupted"``, ``"error: ..."``) or None."""
+    (``"early stop: ..."``, ``"interrupted"``, ``"error: ..."``) or None. A distributed search
+    (``world_size`` > 1) counts NFE, decodes and reward calls over every rank, and adds
+    ``comm_bytes`` (bytes this rank received through collectives) and ``seconds["comm"]`` (time
+    in collectives, waiting for slower ranks included; it overlaps the other phases), split into
+    ``seconds["comm_sync"]`` (the stop/progress syncs, where waiting for the slowest rank shows)
+    and ``seconds["comm_data"]`` (moving rewards, samples and states)."""
 
     nfe: int = 0
     nfe_budget: int | None = None
@@ -119,6 +124,8 @@ class SearchStats:
     peak_memory_bytes: int = 0
     tokens: int | None = None  # token positions predicted, for Steppers that count them (next-scale models)
     stopped: str | None = None
+    world_size: int = 1
+    comm_bytes: int = 0
 
     def to_dict(self) -> dict:
         d = {"nfe": self.nfe, "nfe_budget": self.nfe_budget, "planned_nfe": self.planned_nfe,
@@ -127,6 +134,8 @@ class SearchStats:
              "stopped": self.stopped}
         if self.tokens is not None:
             d["tokens"] = self.tokens
+        if self.world_size > 1:
+            d["world_size"], d["comm_bytes"] = self.world_size, self.comm_bytes
         return d
 
 

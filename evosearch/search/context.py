@@ -79,6 +79,11 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
 
 
+def as_stored(images: torch.Tensor) -> torch.Tensor:
+    """Samples as candidates keep them: float [0, 1] -> uint8."""
+    return (images * 255).round().clamp(0, 255).to(torch.uint8)
+
+
 class SearchContext:
     """Budget, timers, recording and stop for one request."""
 
@@ -88,8 +93,10 @@ class SearchContext:
     def __init__(self, stepper, reward, prompt, seed: int, nfe_budget: int | None = None,
                  callback: Callable[[SearchEvent], None] | None = None, stop: Callable[[], bool] | None = None,
                  progress: bool = True, planned_nfe: int | None = None, early_stop: EarlyStop | None = None,
-                 judge: Callable | None = None):
+                 judge: Callable | None = None, dist=None):
         self.stepper = stepper
+        #: the :class:`~evosearch.search.distributed.Collective` of a distributed search (None: one process)
+        self.dist = dist
         self.reward = reward
         self.prompt = prompt
         self.seed = int(seed)
@@ -110,12 +117,19 @@ class SearchContext:
         self._decode0 = stepper.decode_calls
         self._tokens0 = getattr(stepper, "tokens", None)
         self._t0 = time.perf_counter()
+        self._global = (0, 0)  # distributed: (NFE, decodes) of every rank at the last sync
+        self._stop_pending = False  # distributed: a stop seen at a sync that lets a scored batch finish
+        if dist is not None:
+            self._comm0 = (dist.bytes, dict(dist.seconds_by_kind))
+            self.stats.world_size = dist.world
+            progress = progress and dist.is_main
         self._bar = tqdm(total=planned_nfe or nfe_budget, unit="nfe", desc="search", disable=not progress, leave=False)
 
     # -- budget ------------------------------------------------------------------
     @property
     def nfe(self) -> int:
-        return self.stepper.nfe - self._nfe0
+        """NFE this search spent (distributed: on every rank, as of the last sync)."""
+        return self.stepper.nfe - self._nfe0 if self.dist is None else self._global[0]
 
     def check_budget(self, cost: int) -> None:
         if self.nfe_budget is not None and self.nfe + cost > self.nfe_budget:
@@ -143,15 +157,80 @@ class SearchContext:
 
     # -- stop and progress -------------------------------------------------------
     def check_stop(self) -> None:
-        if self.stop is not None and self.stop():
+        if self.dist is not None:
+            self.sync()
+        elif self.stop is not None and self.stop():
             raise SearchInterrupted()
 
     def on_batch(self, rows: int) -> None:
         """After each micro-batch of denoising: progress, then the stop check (also made after each
-        scored batch, :meth:`record` and :meth:`log_preview`)."""
+        scored batch, :meth:`record` and :meth:`log_preview`). Distributed: the stop check is a sync
+        of every rank, so a stop on any rank stops all of them after this micro-batch."""
+        if self.dist is not None:
+            self.sync(done=False)
+            self._bar.update(self.nfe - self._bar.n)
+            self.emit(SearchEvent("progress", self.nfe, self.stats.planned_nfe))
+            return
         self._bar.update(rows)
         self.emit(SearchEvent("progress", self.nfe, self.stats.planned_nfe))
         self.check_stop()
+
+    # -- distributed: the sync every collective starts with -------------------------------
+    def sync(self, done: bool = True, stop: bool | None = None, error: BaseException | None = None,
+             defer_stop: bool = False, leaving: bool = False) -> int:
+        """One all-reduce of (stop, error, NFE, decodes, done, leaving) over the ranks; every collective
+        of a distributed search starts with one, so a rank that stops or fails is heard by every other
+        rank at its next sync (a micro-batch away) and no rank waits in a collective the others never
+        reach. Raises :class:`SearchInterrupted` on every rank when any rank's ``stop()`` is true
+        (``defer_stop``: at the next sync instead, so that a scored batch is recorded first), and the
+        failing rank's error (one message naming the rank) on every rank when one failed.
+        Returns how many ranks said ``done`` (the end of a phase of uneven micro-batches)."""
+        d = self.dist
+        if stop is None:
+            stop = bool(self.stop is not None and self.stop())
+        stop = stop or self._stop_pending
+        with self.timed("comm"):
+            t = d.all_reduce([float(stop), float(error is not None), self.stepper.nfe - self._nfe0,
+                              self.stepper.decode_calls - self._decode0, float(done), float(leaving)])
+        if t[1] > 0:
+            from .distributed import _picklable_error, error_class
+
+            with self.timed("comm"):
+                errors = d.all_gather_objects(_picklable_error(error))
+            failed = [(r, e) for r, e in enumerate(errors) if e is not None]
+            text = "; ".join(f"rank {r} of {d.world} failed: {name}: {msg}" for r, (name, msg) in failed)
+            classes = {error_class(name) for _, (name, _) in failed}
+            combined = (classes.pop() if len(classes) == 1 else error_class(""))(text)
+            combined.synced = True
+            raise combined from error
+        self._global = (int(t[2]), int(t[3]))
+        if t[0] > 0:
+            if defer_stop and t[5] == 0:  # every rank is still here: finish the batch, stop at the next sync
+                self._stop_pending = True
+            else:
+                interrupted = SearchInterrupted()
+                interrupted.synced = True
+                raise interrupted
+        return int(t[4])
+
+    def settle(self) -> None:
+        """The end of a phase whose ranks ran different numbers of micro-batches (each ran
+        :meth:`on_batch` per micro-batch): syncs until every rank is done."""
+        while self.sync(done=True) < self.dist.world:
+            pass
+
+    def announce(self, err: BaseException) -> BaseException:
+        """On the rank where ``err`` happened outside a sync (a reward raised, Ctrl-C): tell every
+        rank at its next sync -- a stop for an interrupt, else the error -- and return what to raise
+        here (the same as every other rank raises)."""
+        if self.dist is None or getattr(err, "synced", False) or self.dist.broken:
+            return err
+        interrupt = isinstance(err, (SearchInterrupted, KeyboardInterrupt))
+        try:
+            self.sync(stop=interrupt, error=None if interrupt else err, leaving=True)
+        except Exception as combined:
+            return err if interrupt else combined
+        return err
 
     def emit(self, event: SearchEvent) -> None:
         if self.callback is not None:
@@ -165,7 +244,28 @@ class SearchContext:
 
     # -- recording ---------------------------------------------------------------
     def score(self, images) -> np.ndarray:
-        """Rewards (N,) of decoded samples (counted as reward calls, timed as reward)."""
+        """Rewards (N,) of decoded samples (counted as reward calls, timed as reward). Distributed:
+        each rank scores its span of ``images`` and the rewards are all-gathered."""
+        if self.dist is not None:
+            lo, hi = self.dist.span(len(images))
+            return self.gather_rewards(self.score_local(images[lo:hi]))
+        rewards = self.score_local(images)
+        self.stats.reward_calls += len(rewards)
+        return rewards
+
+    def gather_rewards(self, local: np.ndarray) -> np.ndarray:
+        """Distributed: every rank's rewards, in row order (counted as reward calls)."""
+        self.sync()
+        with self.timed("comm"):
+            parts = self.dist.all_gather_objects(np.asarray(local, dtype=np.float64))
+        rewards = np.concatenate(parts)
+        self.stats.reward_calls += len(rewards)
+        return rewards
+
+    def score_local(self, images) -> np.ndarray:
+        """Rewards (N,) of ``images`` on this process (none for no images), not yet counted."""
+        if images is None or len(images) == 0:
+            return np.zeros(0)
         with self.timed("reward"):
             try:
                 rewards = self.reward(images, self.prompt)
@@ -174,7 +274,6 @@ class SearchContext:
             except Exception as err:  # the user's reward failed: say which, keep the cause
                 name = getattr(self.reward, "name", type(self.reward).__name__)
                 raise RewardError(f"reward: {name} raised {type(err).__name__}: {err}") from err
-        self.stats.reward_calls += len(rewards)
         return np.asarray(rewards, dtype=np.float64)
 
     def log_preview(self, rewards: Sequence[float], step: int, generation: int = 0, population: int | None = None,
@@ -200,7 +299,14 @@ class SearchContext:
         as candidates; ``extra`` (a dict, or a function of the rewards) goes into the history entry.
         Then the early-stop rule is checked. Returns rewards (N,)."""
         rewards = self.score(images)
-        stored = (images * 255).round().clamp(0, 255).to(torch.uint8)
+        return self.commit(as_stored(images), rewards, lineages, generation, step, extra, images)
+
+    def commit(self, stored, rewards: np.ndarray, lineages: Sequence, generation: int = 0, step: int | None = None,
+               extra: dict | Callable[[np.ndarray], dict] | None = None, images=None) -> np.ndarray:
+        """Record scored samples (``stored``: uint8, as :func:`as_stored` makes them) as candidates, as
+        :meth:`record` does after scoring; ``images``: what the generation event shows (default: the
+        stored samples as floats)."""
+        images = stored.float() / 255.0 if images is None else images
         cands = [Candidate(stored[k], float(rewards[k]), lineages[k], generation) for k in range(len(rewards))]
         if self.last_generation and self.last_generation[0].generation == generation:
             self.last_generation = self.last_generation + cands  # another wave of the same generation
@@ -248,7 +354,11 @@ class SearchContext:
     def finalize(self) -> None:
         self._bar.close()
         self.stats.nfe = self.nfe
-        self.stats.decode_calls = self.stepper.decode_calls - self._decode0
+        self.stats.decode_calls = self.stepper.decode_calls - self._decode0 if self.dist is None else self._global[1]
+        if self.dist is not None:
+            self.stats.comm_bytes = self.dist.bytes - self._comm0[0]
+            for kind, t in self.dist.seconds_by_kind.items():  # comm = sync (incl. waiting) + data
+                self.stats.seconds[f"comm_{kind}"] = t - self._comm0[1][kind]
         if self._tokens0 is not None:
             self.stats.tokens = self.stepper.tokens - self._tokens0
         self.stats.seconds["total"] = time.perf_counter() - self._t0
