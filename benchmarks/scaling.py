@@ -29,7 +29,7 @@ METHODS = {
     "evosearch": lambda: EvoSearch(),
     "zero-order": lambda: ZeroOrderSearch(),
     "paths": lambda: PathSearch(),
-    "particles": lambda: ParticleSearch(lambda_=2.0),
+    "particles": lambda: ParticleSearch(lambda_=2.0, standardize=False),
 }
 
 

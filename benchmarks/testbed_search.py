@@ -43,7 +43,7 @@ def methods(rate: float) -> dict:
         "best-of-n": lambda: BestOfN(),
         "evosearch": lambda: EvoSearch(intermediate_mutation="resample", intermediate_rate=rate),  # the default
         "evosearch-sigma": lambda: EvoSearch(intermediate_mutation="sigma"),
-        "particles": lambda: ParticleSearch(lambda_=1.0),
+        "particles": lambda: ParticleSearch(lambda_=1.0, standardize=False),
         "paths": lambda: PathSearch(),
         "zero-order": lambda: ZeroOrderSearch(),
     }

@@ -73,12 +73,14 @@ def judge_summary(judge: dict | None) -> str:
     if not judge:
         return "none (this model has no judge, or --judge none)"
     best, plain, pop = judge.get("best") or {}, judge.get("plain") or {}, judge.get("population") or {}
+    source = plain.get("source", "")
+    label = f"plain samples ({source.replace('x0 ', '')})" if source.startswith("x0 previews") else "plain samples"
     if "correct" in best:
         verdict = "correct" if best["correct"] else f"incorrect ({best.get('reason') or 'no reason given'})"
         rate = lambda s: f"{s['correct']:.0%} of {s['n']} correct" if "correct" in s else "-"  # noqa: E731
-        return f"best {verdict}{'' if best.get('valid', True) else ', invalid'} | plain samples {rate(plain)} | " \
+        return f"best {verdict}{'' if best.get('valid', True) else ', invalid'} | {label} {rate(plain)} | " \
                f"population {rate(pop)}"
-    return f"best {best.get('score', float('nan')):.4g} | plain samples {plain.get('score', float('nan')):.4g} | " \
+    return f"best {best.get('score', float('nan')):.4g} | {label} {plain.get('score', float('nan')):.4g} | " \
            f"population {pop.get('score', float('nan')):.4g}"
 
 

@@ -91,7 +91,8 @@ def judge_output(judge, run, ranked) -> JudgeReport:
         population = judge(_as_float([c.image for c in ranked[:POPULATION_JUDGED]]), run.prompt)
     except Exception as err:  # a broken judge must not lose the search's result
         return JudgeReport(None, [f"judge failed: {type(err).__name__}: {err}"])
-    verdicts = {"best": _short(best), "plain": {**summarize(plain), "verdicts": [_short(v) for v in plain]},
+    verdicts = {"best": _short(best), "plain": {**summarize(plain), "source": run.plain_source,
+                                                "verdicts": [_short(v) for v in plain]},
                 "population": summarize(population)}
     warnings = []
     if plain:

@@ -250,6 +250,12 @@ def _reward_shapes(checkpoint=None, device="cpu"):
     return shapes.load_reward(path=checkpoint, device=device)
 
 
+def _reward_shapes_v1(checkpoint=None, device="cpu"):
+    from .bundled import shapes
+
+    return shapes.load_reward(path=checkpoint, device=device, version="v1")
+
+
 def _reward_digits(checkpoint=None, device="cpu"):
     from .bundled import digits
 
@@ -265,8 +271,12 @@ def _reward_moving_digits(checkpoint=None, device="cpu"):
 #: name -> reward entry: the bundled worlds' rewards (loaded lazily: a world imports its model code), then
 #: the reward classes that declare a ``registry_name`` (:data:`BUILTIN_REWARDS`), then registered plugins
 REWARDS: dict[str, RewardEntry] = {
-    "shapes-clip": RewardEntry("shapes-clip", "the shapes world's contrastive image-text score (bundled)",
-                               _reward_shapes, False, models=("shapes", "shapes-flow")),
+    "shapes-clip": RewardEntry("shapes-clip", "the shapes world's contrastive image-text score (bundled; trained "
+                                              "with hard negatives)", _reward_shapes, False,
+                               models=("shapes", "shapes-flow")),
+    "shapes-clip-v1": RewardEntry("shapes-clip-v1", "the shapes world's first, weak reward (fooled on positions: "
+                                                    "shows reward hacking)", _reward_shapes_v1, False,
+                                  models=("shapes", "shapes-flow")),
     "digits": RewardEntry("digits", "log-probability of the digit by the bundled classifier", _reward_digits, False,
                           models=("digits", "var-digits")),
     "moving-digits": RewardEntry("moving-digits", "per-frame digit classifier on videos (bundled)",
@@ -342,7 +352,8 @@ MODEL_WEIGHTS = {"shapes": "shapes/diffusion/model_index.json", "shapes-flow": "
                  "digits": "digits/model_index.json", "var-digits": "var_digits/model.safetensors",
                  "moving-digits": "moving_digits/model_index.json"}
 #: the file each bundled reward loads its weights from (rewards with ``needs_weights`` download theirs)
-REWARD_WEIGHTS = {"shapes-clip": "shapes/reward/config.json", "digits": "digits/classifier/model.safetensors",
+REWARD_WEIGHTS = {"shapes-clip": "shapes/reward/config.json", "shapes-clip-v1": "shapes/reward-v1/config.json",
+                  "digits": "digits/classifier/model.safetensors",
                   "moving-digits": "moving_digits/classifier/model.safetensors"}
 
 

@@ -1,12 +1,20 @@
 #!/usr/bin/env python
 """Train the shapes world's learned reward (a contrastive image-text model) into the package.
 
-    python scripts/train_shapes_reward.py        # ~10 minutes on 2 CPU cores
+    python scripts/train_shapes_reward.py --init-from evosearch/bundled/assets/shapes/reward-v1 \
+        --steps 1500 --lr 1e-3 --text-negatives 3 --image-negatives 1      # shapes-clip (v2)
+    python scripts/train_shapes_reward.py --steps 2500 --text-negatives 1 --image-negatives 0 \
+        --out evosearch/bundled/assets/shapes/reward-v1                     # shapes-clip-v1 (the weak one)
 
 Data: rendered scenes (``shapes.render``) of random prompts from every category, degraded the
 way generated images are (Gaussian blur, pixel noise, brightness and contrast jitter), each
-with its prompt. Loss: CLIP's symmetric InfoNCE over the batch, plus, on the image side, one
-hard negative per image: its prompt changed in one attribute (``grammar.perturb_spec``).
+with its prompt. Loss: CLIP's symmetric InfoNCE over the batch with hard negatives on both sides:
+- text side, ``--text-negatives`` per image: its prompt changed in one attribute
+  (``grammar.perturb_spec``: a flipped relation, swapped colour binding, a count off by one,
+  a colour, a shape);
+- image side, ``--image-negatives`` per prompt: a *render* of such a changed scene, or of the
+  scene with one object missing or one extra (``hard_negative_scene``), so that the prompt
+  must prefer its own picture over the picture of what a generator gets wrong.
 It never sees a generated image or the judge. Deterministic: one random stream per step.
 Writes ``evosearch/bundled/assets/shapes/reward/`` (config.json, weights, training_summary.json).
 """
@@ -28,7 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from evosearch.bundled.paths import asset_path  # noqa: E402
-from evosearch.bundled.shapes.grammar import CATEGORIES, perturb_spec, sample_spec  # noqa: E402
+from evosearch.bundled.shapes.grammar import (CATEGORIES, COLORS, SHAPES, ObjectSpec, SceneSpec,  # noqa: E402
+                                              perturb_spec, sample_spec)
 from evosearch.bundled.shapes.model import MAX_LENGTH, build_tokenizer  # noqa: E402
 from evosearch.bundled.shapes.render import render_array  # noqa: E402
 from evosearch.bundled.shapes.reward import ShapesCLIPModel  # noqa: E402
@@ -42,7 +51,13 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (default: 2e-3)")
     p.add_argument("--seed", type=int, default=0, help="seed of data and initial weights (default: 0)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
-    p.add_argument("--eval-scenes", type=int, default=600, help="held-out scenes for the summary (default: 600)")
+    p.add_argument("--eval-scenes", type=int, default=1200, help="held-out scenes for the summary (default: 1200)")
+    p.add_argument("--text-negatives", type=int, default=3, help="perturbed prompts per image (default: 3)")
+    p.add_argument("--image-negatives", type=int, default=1,
+                   help="renders of a perturbed scene per prompt (default: 1; 0 = the v1 recipe)")
+    p.add_argument("--init-from", type=Path, default=None, help="start from this saved reward (fine-tune)")
+    p.add_argument("--focus", choices=CATEGORIES, default=None, help="draw this category more often")
+    p.add_argument("--focus-share", type=float, default=0.5, help="share of --focus scenes in a batch (default 0.5)")
     return p.parse_args(argv)
 
 
@@ -62,40 +77,71 @@ def degrade(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return ((x - 0.5) * contrast + 0.5 + bright + noise).clamp(0, 1)
 
 
-def batch(step: int, n: int, seed: int, tokenizer, train: bool = True):
+def hard_negative_scene(spec: SceneSpec, rng: np.random.Generator) -> SceneSpec:
+    """A scene a generator gets wrong for ``spec`` (to render, not to say): one attribute changed
+    (``perturb_spec``), or, for scenes of two or more objects, one object missing or one extra.
+    The result may be outside the grammar (three different objects); it is only drawn."""
+    objs = spec.objects
+    kind = rng.random()
+    if kind < 0.15 and len(objs) >= 2:  # one missing
+        drop = rng.integers(len(objs))
+        keep = [o for i, o in enumerate(objs) if i != drop]
+        return SceneSpec("two_object" if len(keep) > 1 else "colors", tuple(keep))
+    if kind < 0.3 and len(objs) <= 3 and spec.category != "counting":  # one extra
+        extra = ObjectSpec(SHAPES[rng.integers(len(SHAPES))], COLORS[rng.integers(len(COLORS))])
+        return SceneSpec("two_object", (*objs, extra))
+    return perturb_spec(spec, rng)
+
+
+def batch(step: int, n: int, seed: int, tokenizer, text_negatives: int = 1, image_negatives: int = 0,
+          train: bool = True, focus: str | None = None, focus_share: float = 0.5):
+    """(images (n,3,32,32), true prompt ids (n,L), negative prompt ids (n*text_negatives,L) in image-major
+    order, negative images (n*image_negatives,3,32,32) in prompt-major order, prompts)."""
     rng = np.random.default_rng([seed, step, 0 if train else 1])
-    images, texts, negatives = [], [], []
+    images, texts, negatives, negative_images = [], [], [], []
     for _ in range(n):
-        spec = sample_spec(rng)
+        spec = sample_spec(rng, focus if focus and rng.random() < focus_share else None)
         img, _ = render_array(spec, seed=int(rng.integers(2**62)))
         images.append(img)
         texts.append(spec.prompt())
-        negatives.append(perturb_spec(spec, rng).prompt())
+        negatives += [perturb_spec(spec, rng).prompt() for _ in range(text_negatives)]
+        negative_images += [render_array(hard_negative_scene(spec, rng), seed=int(rng.integers(2**62)))[0]
+                            for _ in range(image_negatives)]
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+    xn = (torch.from_numpy(np.stack(negative_images)).permute(0, 3, 1, 2) if negative_images
+          else torch.zeros(0, *x.shape[1:]))
     tok = lambda t: tokenizer(t, padding="max_length", max_length=MAX_LENGTH, truncation=True,  # noqa: E731
                               return_tensors="pt").input_ids
-    return x, tok(texts), tok(negatives), texts
+    return x, tok(texts), tok(negatives), xn, texts
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, args) -> dict:
-    """Held-out scenes: how often the true prompt outscores its one-attribute perturbation, per category."""
+def evaluate(model, tokenizer, scenes: int = 1200, seed: int = 0) -> dict:
+    """Pairwise accuracy on held-out degraded renders, per category:
+    ``text``: the true prompt outscores its one-attribute perturbation on the scene's render;
+    ``image``: the scene's render outscores a render of a hard-negative scene for the true prompt.
+    The held-out stream is never used in training."""
     model.eval()
-    g = torch.Generator().manual_seed(10_000 + args.seed)
-    hits: dict[str, list[bool]] = {c: [] for c in CATEGORIES}
-    rng = np.random.default_rng([args.seed, 99])
-    for lo in range(0, args.eval_scenes, 100):
-        specs = [sample_spec(rng, CATEGORIES[(lo + k) % len(CATEGORIES)]) for k in range(100)]
+    g = torch.Generator().manual_seed(10_000 + seed)
+    hits = {side: {c: [] for c in CATEGORIES} for side in ("text", "image")}
+    rng = np.random.default_rng([seed, 1 << 40, 99])  # no training step draws from this stream
+    tok = lambda t: tokenizer(t, padding="max_length", max_length=MAX_LENGTH, return_tensors="pt").input_ids  # noqa
+    for lo in range(0, scenes, 120):
+        specs = [sample_spec(rng, CATEGORIES[(lo + k) % len(CATEGORIES)]) for k in range(120)]
         x = torch.from_numpy(np.stack([render_array(s, seed=int(rng.integers(2**62)))[0] for s in specs]))
-        x = degrade(x.permute(0, 3, 1, 2), g)
-        tok = lambda t: tokenizer(t, padding="max_length", max_length=MAX_LENGTH, return_tensors="pt").input_ids  # noqa
-        img = model.encode_image(x)
-        pos = (img * model.encode_text(tok([s.prompt() for s in specs]))).sum(-1)
+        xn = torch.from_numpy(np.stack([render_array(hard_negative_scene(s, rng), seed=int(rng.integers(2**62)))[0]
+                                        for s in specs]))
+        img = model.encode_image(degrade(x.permute(0, 3, 1, 2), g))
+        img_neg = model.encode_image(degrade(xn.permute(0, 3, 1, 2), g))
+        txt = model.encode_text(tok([s.prompt() for s in specs]))
+        pos = (img * txt).sum(-1)
         neg = (img * model.encode_text(tok([perturb_spec(s, rng).prompt() for s in specs]))).sum(-1)
-        for s, p, q in zip(specs, pos, neg):
-            hits[s.category].append(bool(p > q))
+        neg_img = (img_neg * txt).sum(-1)
+        for s, p, q, r in zip(specs, pos, neg, neg_img):
+            hits["text"][s.category].append(bool(p > q))
+            hits["image"][s.category].append(bool(p > r))
     model.train()
-    return {c: round(float(np.mean(v)), 3) for c, v in hits.items()}
+    return {side: {c: round(float(np.mean(v)), 3) for c, v in per.items()} for side, per in hits.items()}
 
 
 def main(argv=None):
@@ -104,8 +150,11 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     out = args.out or asset_path("shapes", "reward")
     tokenizer = build_tokenizer()
-    model = ShapesCLIPModel(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    if args.init_from is not None:
+        model = ShapesCLIPModel.from_pretrained(str(args.init_from))
+    else:
+        model = ShapesCLIPModel(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     warmup = 100
@@ -115,14 +164,19 @@ def main(argv=None):
         lr = args.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
         for group in opt.param_groups:
             group["lr"] = lr
-        x, pos_ids, neg_ids, _ = batch(step, args.batch_size, args.seed, tokenizer)
+        x, pos_ids, neg_ids, x_neg, _ = batch(step, args.batch_size, args.seed, tokenizer, args.text_negatives,
+                                              args.image_negatives, focus=args.focus, focus_share=args.focus_share)
         g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        img = model.encode_image(degrade(x, g))
+        images = model.encode_image(degrade(torch.cat([x, x_neg]), g))
+        img, img_neg = images[: len(x)], images[len(x):]
         txt = model.encode_text(torch.cat([pos_ids, neg_ids]))
         scale = model.logit_scale.exp().clamp(max=100)
-        logits = scale * img @ txt.T  # (B, 2B): true prompts, then one hard negative per image
         target = torch.arange(len(img))
-        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, : len(img)].T, target)) / 2
+        # image -> text: every prompt of the batch plus all perturbed prompts
+        per_image = scale * img @ txt.T
+        # text -> image: every image of the batch plus all renders of hard-negative scenes
+        per_text = scale * txt[: len(img)] @ torch.cat([img, img_neg]).T
+        loss = (F.cross_entropy(per_image, target) + F.cross_entropy(per_text, target)) / 2
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -131,14 +185,18 @@ def main(argv=None):
             log.append(entry)
             print(entry, flush=True)
     model.eval()
-    heldout = evaluate(model, tokenizer, args)
-    print("held-out: true prompt beats its one-attribute perturbation:", heldout, flush=True)
+    heldout = evaluate(model, tokenizer, args.eval_scenes, args.seed)
+    print("held-out pairwise accuracy (text: true prompt > perturbed prompt; image: true render > hard-negative "
+          "render):", heldout, flush=True)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), safe_serialization=True)
     summary = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+               "text_negatives": args.text_negatives, "image_negatives": args.image_negatives,
+               "init_from": args.init_from.name if args.init_from else None,
+               "focus": args.focus, "focus_share": args.focus_share if args.focus else None,
                "train_minutes": round((time.time() - t0) / 60, 1), "torch": torch.__version__,
                "parameters": sum(p.numel() for p in model.parameters()),
-               "heldout_true_beats_perturbed": heldout, "loss_log": log}
+               "heldout_pairwise_accuracy": heldout, "loss_log": log}
     (out / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     for f in out.rglob("*"):
         if f.is_file():

@@ -374,3 +374,18 @@ def test_lineage_events_are_backward_compatible():
         lin.then("renoise", 0, 5, from_step=0)  # cut (from_step) before the last event (step 1)
     with pytest.raises(ValueError, match="step"):
         Lineage.init(1, {}).then("renoise", 3, 5, from_step=2)  # must go back
+
+
+def test_particles_default_is_scale_free(pixel_pipe, brightness):
+    """With standardized potentials a reward and 100 x the reward + 5 steer the particles alike:
+    the same resampling decisions and the same winner."""
+    from evosearch.rewards.base import as_reward
+
+    scaled = as_reward(lambda images, prompts: [100 * r + 5 for r in brightness(images, prompts)])
+    m = ParticleSearch(n_particles=6, resample_every=1, adaptive=False)
+    a = run(pixel_pipe, brightness, m)
+    b = run(pixel_pipe, scaled, m)
+    assert [h.get("ancestors") for h in a.history] == [h.get("ancestors") for h in b.history]
+    assert a.best.lineage.to_dict() == b.best.lineage.to_dict()
+    raw = run(pixel_pipe, scaled, ParticleSearch(n_particles=6, resample_every=1, adaptive=False, standardize=False))
+    assert [h.get("ancestors") for h in raw.history] != [h.get("ancestors") for h in a.history]

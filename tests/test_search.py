@@ -9,6 +9,7 @@ import torch
 
 from evosearch import BestOfN, EvoSearch, SearchPipeline
 from evosearch.search import auto_schedule, schedule_cost
+from evosearch.search.ops.schedules import screening_cost, screening_schedule
 
 STEPS = 6
 
@@ -68,11 +69,56 @@ def test_population_scheduler_matches_authors_shape():
 
 
 def test_evosearch_auto_respects_budget(pixel_pipe, brightness):
-    out = search(pixel_pipe, brightness, EvoSearch())("", seed=3, num_inference_steps=STEPS, nfe_budget=97,
-                                                      progress=False)
+    out = search(pixel_pipe, brightness, EvoSearch(screen_fraction=None))("", seed=3, num_inference_steps=STEPS,
+                                                                           nfe_budget=97, progress=False)
     assert out.stats.nfe <= 97
     assert out.stats.nfe == schedule_cost(out.settings["plan"]["evolution_schedule"],
                                           out.settings["plan"]["population_schedule"], STEPS)
+
+
+@pytest.mark.parametrize("budget,steps", [(b, s) for s in (3, 6, 25, 50) for b in (s, 4 * s + 3, 16 * s, 64 * s)])
+@pytest.mark.parametrize("keep,elite", [(0.25, 1.0), (0.5, 0.5), (1.0, 1.0)])
+def test_screening_schedule_never_exceeds_budget(budget, steps, keep, elite):
+    s = max(1, min(steps - 2, round(0.3 * steps)))
+    screened, finished, n_elite = screening_schedule(budget, steps, s, keep, elite)
+    cost = screening_cost(screened, finished, n_elite, s, steps)
+    assert cost <= budget and 1 <= n_elite <= finished <= screened
+    assert budget - cost < steps + s + 1  # not a whole screened-and-finished row left over
+    if budget >= 16 * steps and keep < 1:
+        assert screened > budget // steps  # it sees more starts than best-of-N at the same NFE
+
+
+def test_evosearch_screening_finishes_the_best_previews_as_best_of_n_draws_them(pixel_pipe, brightness):
+    """Screening with elites only: the finished samples are exactly best-of-N's candidates (same
+    lineages, same noise) of the rows whose x0 preview at the screening step scored best."""
+    method = EvoSearch(screen_fraction=0.5, keep_fraction=0.25)
+    s = search(pixel_pipe, brightness, method)
+    out = s("", seed=4, num_inference_steps=STEPS, nfe_budget=16 * STEPS, output_type="pt", progress=False)
+    plan = out.settings["plan"]
+    (step,), (screened, finished) = plan["evolution_schedule"], plan["population_schedule"]
+    assert step == 3 and screened > 16 and out.stats.nfe == plan["nfe"] <= 16 * STEPS
+    previews, final = out.history[0], [h for h in out.history if not h["preview"]]
+    assert previews["preview"] and len(previews["rewards"]) == screened
+    ref = s("", seed=4, num_inference_steps=STEPS, method=BestOfN(n=screened), output_type="pt", progress=False)
+    in_order = [r for h in ref.history for r in h["rewards"]]
+    best_previews = np.argsort(-np.asarray(previews["rewards"]), kind="stable")[:finished]
+    assert previews["elites"] == [int(k) for k in best_previews]
+    assert np.allclose(sorted(r for h in final for r in h["rewards"]), sorted(in_order[k] for k in best_previews),
+                       atol=1e-5)
+    replayed = s.replay(out.best.lineage, output_type="pt")
+    assert torch.allclose(replayed, out.best.image, atol=1 / 255)
+
+
+def test_evosearch_screening_with_mutated_children(pixel_pipe, brightness):
+    method = EvoSearch(screen_fraction=0.5, keep_fraction=0.5, elite_fraction=0.5)
+    out = search(pixel_pipe, brightness, method)("", seed=1, num_inference_steps=STEPS, nfe_budget=10 * STEPS,
+                                                 output_type="pt", progress=False)
+    plan = out.settings["plan"]
+    (step,), (screened, finished), elite = plan["evolution_schedule"], plan["population_schedule"], plan["elite_size"]
+    assert out.stats.nfe == screening_cost(screened, finished, elite, step, STEPS) <= 10 * STEPS
+    assert sum(h["population"] for h in out.history if not h["preview"]) == finished
+    kinds = {e["kind"] for e in out.best.lineage.to_dict()["events"]}
+    assert kinds <= {"init", "resample"}
 
 
 def test_seed_determinism_and_seed_matters(pixel_pipe, brightness):

@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from evosearch.bundled import shapes
-from evosearch.bundled.shapes.grammar import CATEGORIES, perturb_spec, sample_spec
-from evosearch.bundled.shapes.render import PlacedObject, draw, object_mask, render_array
+from evosearch.bundled.shapes.adversarial import OFF_PALETTE, adversarial_cases
+from evosearch.bundled.shapes.grammar import CATEGORIES, PALETTE, parse_prompt, perturb_spec, sample_spec
+from evosearch.bundled.shapes.render import (PlacedObject, box_relations, draw, layout, object_mask, placed_box,
+                                             render_array)
 
 DATA = Path(__file__).parent / "data"
 
@@ -48,17 +50,90 @@ def test_perturbed_prompts_differ_in_one_attribute():
 
 
 def test_judge_reads_renders_in_every_category():
-    """At least 99% of rendered scenes are judged correct and valid, in every category."""
+    """Rendered scenes are judged correct and valid, in every category (at least 99% per category, at
+    most one miss in 900; benchmarks/shapes_judge.py checks 3000)."""
     judge = shapes.Judge()
+    misses = []
     for c in CATEGORIES:
         rng = np.random.default_rng([7, CATEGORIES.index(c)])
         verdicts = []
-        for k in range(100):
+        for k in range(150):
             spec = sample_spec(rng, c)
             img, _ = render_array(spec, seed=int(rng.integers(2**31)))
             verdicts.append(judge.verdict(img, spec))
         assert np.mean([v["correct"] for v in verdicts]) >= 0.99, c
         assert all(v["category"] == c for v in verdicts)
+        misses += [v["reason"] for v in verdicts if not v["correct"]]
+    assert len(misses) <= 1, misses
+
+
+def test_small_circles_read_as_circles_and_small_squares_as_squares():
+    """Circles of 8.3-8.7 pixels (once read as squares) and squares of the same size, at sub-pixel offsets."""
+    judge = shapes.Judge()
+    rng = np.random.default_rng(3)
+    for k in range(120):
+        shape = ("circle", "square")[k % 2]
+        obj = PlacedObject(shape, list(PALETTE)[k % 6], *rng.uniform(8, 24, size=2), rng.uniform(8.3, 8.7))
+        img = draw([obj], np.random.default_rng(k))
+        objs = judge.verdict(img, parse_prompt(f"a {shape}"))["objects"]
+        assert [o["shape"] for o in objs] == [shape], (obj, objs)
+
+
+@pytest.mark.parametrize("pair", [("circle", "circle"), ("square", "square"), ("triangle", "triangle"),
+                                  ("circle", "triangle"), ("square", "circle")])
+@pytest.mark.parametrize("gap", [1.0, 0.0, -0.5])
+def test_touching_objects_of_one_colour_are_two_objects(pair, gap):
+    """Two same-colour objects whose boxes touch (or overlap by half a pixel) are read as the two objects."""
+    judge = shapes.Judge()
+    for color in ("red", "white", "blue"):
+        a = PlacedObject(pair[0], color, 10, 12, 10)
+        bx = 10 + 10 * (0.95 if pair == ("square", "square") else 1.0) * (0.9 if "square" in pair else 1.0) + gap
+        b = PlacedObject(pair[1], color, bx, 14, 10)
+        img = draw([a, b], np.random.default_rng(0))
+        prompt = f"two {color} {pair[0]}s" if pair[0] == pair[1] else f"a {color} {pair[0]} and a {color} {pair[1]}"
+        v = judge.verdict(img, parse_prompt(prompt))
+        assert v["correct"], (prompt, gap, v["reason"])
+
+
+def test_off_palette_colours_and_near_shapes_are_rejected():
+    """The adversarial images (orange, red+yellow and green+yellow mixes as yellow, lavender and grey as
+    white, magenta and pink as purple, maroon as red; a 45-degree diamond and a four-pointed star as
+    circle; a quarter disc, a corner-cut circle and 1.4:1 rectangles as square): none is accepted for its
+    lax prompt, while the same drawings in palette colours and true shapes are."""
+    judge = shapes.Judge()
+    cases = adversarial_cases(4)
+    assert {c.name for c in cases} >= {f"{n} {s}" for n in OFF_PALETTE for s in ("circle", "square")} | {
+        "45-degree diamond", "four-pointed star", "quarter disc", "corner-cut circle", "1.4:1 rectangle"}
+    accepted = [(c.name, p) for c in cases for p in c.prompts if judge.verdict(c.image, parse_prompt(p))["correct"]]
+    assert accepted == []
+    for c in cases:
+        if c.name.split()[-1] in ("circle", "square") and c.name.rsplit(" ", 1)[0] in OFF_PALETTE:
+            v = judge.verdict(c.image, parse_prompt(c.prompts[0].replace(c.prompts[0].split()[1], "red")))
+            assert [o["color"] for o in v["objects"]] == ["other"], (c.name, v["objects"])
+    for color in PALETTE:  # the control: the palette colours and the true shapes are accepted
+        for shape in ("circle", "square"):
+            img = draw([PlacedObject(shape, color, 15, 17, 11)], np.random.default_rng(1))
+            assert judge.verdict(img, parse_prompt(f"a {color} {shape}"))["correct"], (color, shape)
+
+
+def test_relations_follow_genevals_box_rule():
+    """GenEval's rule: box centres offset beyond a margin of 0.1 x the summed sizes, on the axis that holds
+    more than half of the offset; the renderer's relations all hold under it, and no other relation does."""
+    assert box_relations((0, 0, 10, 10), (14, 0, 24, 10)) == {"left of"}
+    assert box_relations((20, 20, 30, 30), (0, 0, 10, 10)) == {"right of", "below"}  # a diagonal: both
+    assert box_relations((0, 0, 10, 10), (1.5, 1.5, 11.5, 11.5)) == set()  # within the margin
+    assert box_relations((0, 0, 10, 10), (8, 12, 18, 22)) == {"above"}  # 8 right, 12 below: not "left of"
+    judge = shapes.Judge()
+    # A 8 px left of and 12 px above B (the ratio 0.67 an older rule accepted as "left of")
+    img = draw([PlacedObject("circle", "red", 9, 8, 9), PlacedObject("square", "blue", 17, 20, 9)],
+               np.random.default_rng(0))
+    assert not judge.verdict(img, parse_prompt("a red circle left of a blue square"))["correct"]
+    assert judge.verdict(img, parse_prompt("a red circle above a blue square"))["correct"]
+    rng = np.random.default_rng(11)
+    for k in range(3000):
+        spec = sample_spec(rng, "position")
+        a, b = layout(spec, rng)
+        assert box_relations(placed_box(a), placed_box(b)) == {spec.relation}, spec
 
 
 def test_judge_notices_a_wrong_scene():
@@ -102,14 +177,14 @@ def test_adversarial_images_are_not_valid():
 
 def test_judge_agrees_with_hand_labels_of_generated_samples():
     """Generated samples (the shapes generator at several stages of training), labelled by looking
-    at them: the judge agrees at least 95% of the time on both correct and valid."""
+    at them: the judge agrees at least 97% of the time on both correct and valid."""
     labels = json.loads((DATA / "shapes_judge_labels.json").read_text())
     images = np.load(DATA / "shapes_judge_samples.npz")["images"]
     assert len(labels["samples"]) == len(images) >= 100
     verdicts = shapes.Judge()(images, [s["prompt"] for s in labels["samples"]])
     agree_correct = np.mean([v["correct"] == s["correct"] for v, s in zip(verdicts, labels["samples"])])
     agree_valid = np.mean([v["valid"] == s["valid"] for v, s in zip(verdicts, labels["samples"])])
-    assert agree_correct >= 0.95 and agree_valid >= 0.95, (agree_correct, agree_valid)
+    assert agree_correct >= 0.97 and agree_valid >= 0.97, (agree_correct, agree_valid)
 
 
 @pytest.mark.parametrize("variant", ["diffusion", "flow"])
@@ -134,3 +209,22 @@ def test_bundled_generators_are_driven_by_their_family_steppers(variant):
     torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="prompt:.*grammar"):
         stepper.prepare("a dog")
+
+
+def test_benchmark_suites_and_splits():
+    """Each suite's tune and test splits are disjoint, alike in categories, and the hard suite has at
+    least 24 prompts in each split, none of them in the standard suite."""
+    standard = shapes.suite_prompts("standard")
+    assert standard == shapes.benchmark_prompts()
+    for suite in shapes.SUITES:
+        tune, test = shapes.suite_prompts(suite, "tune"), shapes.suite_prompts(suite, "test")
+        assert not {p for _, p in tune} & {p for _, p in test}
+        assert sorted(tune + test) == sorted(shapes.suite_prompts(suite, "all"))
+        assert {c for c, _ in tune} == {c for c, _ in test}
+        for category, prompt in tune + test:
+            assert shapes.parse_prompt(prompt).category == category
+    hard = shapes.suite_prompts("hard")
+    assert min(len(shapes.suite_prompts("hard", s)) for s in ("tune", "test")) >= 24
+    assert not {p for _, p in hard} & {p for _, p in standard}
+    with pytest.raises(ValueError, match="split"):
+        shapes.suite_prompts("hard", "train")

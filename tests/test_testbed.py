@@ -332,7 +332,8 @@ def test_particle_search_targets_the_tilted_distribution():
     target = tilted_mixture(GM, lam, w=w)
     runs, n_particles, steps = 40, 128, 50
     reward = Recorder(w)
-    method = ParticleSearch(n_particles=n_particles, potential="rt", lambda_=lam, resample_every=10, tempering=False)
+    method = ParticleSearch(n_particles=n_particles, potential="rt", lambda_=lam, resample_every=10, tempering=False,
+                            standardize=False)
     sp = SearchPipeline.from_pipe(pipe_of("diffusion"), reward=reward, method=method, max_batch_size=256, eta=1.0)
     estimates = []
     for seed in range(runs):
@@ -352,7 +353,7 @@ def test_particle_search_targets_the_tilted_distribution():
 def _particle_mode_weights(potential, tempering, runs=10, n=500, lam=3.0, w=(0.5, 0.5)):
     """Mean and standard error over runs of the final-weighted mode fractions of ParticleSearch."""
     reward = Recorder(np.asarray(w))
-    method = ParticleSearch(n_particles=n, potential=potential, lambda_=lam, tempering=tempering)
+    method = ParticleSearch(n_particles=n, potential=potential, lambda_=lam, tempering=tempering, standardize=False)
     sp = SearchPipeline.from_pipe(pipe_of("diffusion"), reward=reward, method=method, max_batch_size=1024, eta=1.0)
     estimates = []
     for seed in range(runs):

@@ -99,6 +99,7 @@ class SearchContext:
         self.best: Candidate | None = None
         self.last_generation: list[Candidate] = []
         self.plain: list[Candidate] = []
+        self.plain_source = "final samples of the first generation"
         self._since_improved = 0
         self._nfe0 = stepper.nfe
         self._decode0 = stepper.decode_calls
@@ -181,6 +182,12 @@ class SearchContext:
         self.emit(SearchEvent("preview", self.nfe, self.stats.planned_nfe, entry))
         self.check_stop()
         return entry
+
+    def keep_plain(self, images, rewards: Sequence[float], lineages: Sequence, source: str) -> None:
+        """Keep the first ``plain_samples`` of unselected samples as the plain reference."""
+        stored = (images[: self.plain_samples] * 255).round().clamp(0, 255).to(torch.uint8)
+        self.plain = [Candidate(stored[k], float(rewards[k]), lineages[k], 0) for k in range(len(stored))]
+        self.plain_source = source
 
     def record(self, images, lineages: Sequence, generation: int = 0, step: int | None = None,
                extra: dict | Callable[[np.ndarray], dict] | None = None) -> np.ndarray:

@@ -118,12 +118,18 @@ class SearchRun(SearchContext):
         return pop.replace(states=states, step=i + 1)
 
     # -- scoring -------------------------------------------------------------------------
-    def score_preview(self, prediction: Prediction) -> np.ndarray:
+    def score_preview(self, prediction: Prediction, plain_from: Population | None = None) -> np.ndarray:
         """Rewards (N,) of the decoded x0 previews of a :meth:`predict` output (decodes and reward
-        calls, no NFE). Record them with :meth:`log_preview`."""
+        calls, no NFE). Record them with :meth:`log_preview`. ``plain_from``: the population the
+        prediction was made for, when its rows are plain samples that will not all be finished (a
+        screening generation): the first previews then stand for plain sampling in the judge's
+        report, marked as previews at that step."""
         with self.timed("decode"):
             images = self.stepper.finish(prediction.x0_hat)
-        return self.score(images)
+        rewards = self.score(images)
+        if plain_from is not None and not self.plain:
+            self.keep_plain(images, rewards, plain_from.lineages, f"x0 previews at step {plain_from.step}")
+        return rewards
 
     def preview_images(self, pop: Population):
         """Decoded previews of ``pop`` at its step (next-scale models: the current scale's image)."""

@@ -47,6 +47,13 @@ class ParticleSearch(SearchMethod):
     degenerates even with tempering (its running sums tilt by about K lambda / 2: final ESS 8
     of 500, standard error 0.05 on the mode weights), so use it only with small lambda.
 
+    ``standardize`` (default on): each step's rewards enter the potentials as z-scores over the
+    particles, (r - mean) / std, so lambda is in standard deviations of that step's rewards and
+    the default works on a reward of any scale (a 0-1 probability or 100 x cosine alike). The
+    weights then tilt by how a particle ranks among its peers, not by the reward's units; the
+    final weights no longer make the exact target p(x0) exp(lambda r(x0)) — pass
+    ``standardize=False`` for that (the testbed tests do).
+
     Resampled copies are identical states, so the step must be stochastic (eta > 0).
 
     NFE = n_particles * num_inference_steps (decodes and reward calls: n_particles per
@@ -63,6 +70,7 @@ class ParticleSearch(SearchMethod):
     resample_start: int = 0
     resample_end: int | None = None
     tempering: bool = True
+    standardize: bool = True
 
     name = "particles"
     summary = "sequential Monte Carlo on reward potentials (FK steering)"
@@ -81,6 +89,7 @@ class ParticleSearch(SearchMethod):
         check_number("ess_threshold", self.ess_threshold, 0.0, 1.0, lo_open=True, hint=" (a fraction of n_particles)")
         check_bool("adaptive", self.adaptive)
         check_bool("tempering", self.tempering)
+        check_bool("standardize", self.standardize)
         check_int("resample_every", self.resample_every, lo=1)
         check_int("resample_start", self.resample_start, lo=0)
         check_int("resample_end", self.resample_end, lo=self.resample_start, allow_none=True,
@@ -100,6 +109,15 @@ class ParticleSearch(SearchMethod):
             return self.lambda_
         K = max(1, num_potential_steps)
         return self.lambda_ * (k + 1) / K if self.potential == "diff" else self.lambda_ / K
+
+    def scaled(self, rewards) -> np.ndarray:
+        """The rewards as the potentials see them: z-scores over the particles with ``standardize``
+        (zeros when they are all equal), else as they are."""
+        r = np.asarray(rewards, dtype=np.float64)
+        if not self.standardize:
+            return r
+        std = r.std()
+        return (r - r.mean()) / std if std > 0 else np.zeros_like(r)
 
     def plan(self, nfe_budget, num_steps, num_segments=None) -> Plan:
         if self.resample_start >= num_steps:
@@ -125,7 +143,7 @@ class ParticleSearch(SearchMethod):
                 pop, _ = run.rollout(pop, end=i)
             prediction = run.predict(pop)
             rewards = run.score_preview(prediction)
-            log_w = log_w + potentials.step(rewards, self.step_lambda(g, len(potential_steps)))
+            log_w = log_w + potentials.step(self.scaled(rewards), self.step_lambda(g, len(potential_steps)))
             info = {"ess": ess_from_log(log_w), "resampled": False}
             if not self.adaptive or info["ess"] < self.ess_threshold * n:
                 idx = resample(normalize_log_weights(log_w), self.resampling, run.rng, n)
@@ -140,7 +158,7 @@ class ParticleSearch(SearchMethod):
             pop, _ = run.rollout(pop)
 
         def final_weights(rewards):
-            final = log_w + potentials.final(rewards)
+            final = log_w + potentials.final(self.scaled(rewards))
             return {"ess": ess_from_log(final), "weights": [float(v) for v in normalize_log_weights(final)]}
 
         run.evaluate(pop, generation=len(potential_steps), step=run.num_steps, extra=final_weights)

@@ -13,6 +13,7 @@ whether a scene satisfies its prompt.
     >>> judge = shapes.Judge()
     >>> verdicts = judge(images, prompts)          # [{"correct", "valid", "category", "objects", "reason"}]
     >>> prompts = shapes.benchmark_prompts()       # [(category, prompt)], 41, every category
+    >>> hard = shapes.suite_prompts("hard", "test")  # the hard suite's test split
     >>> image = shapes.render("a red circle left of a blue square", seed=0)
 
 Modules: :mod:`.grammar` (prompts), :mod:`.render` (scenes), :mod:`.judge`, :mod:`.model`
@@ -29,6 +30,7 @@ from ..paths import asset_path
 from .grammar import CATEGORIES, COLORS, SHAPES, ObjectSpec, SceneSpec, benchmark_prompts, parse_prompt
 from .judge import Judge
 from .render import render
+from .suites import SPLITS, SUITES, suite_prompts
 
 VARIANTS = ("diffusion", "flow")
 
@@ -50,12 +52,20 @@ def load_pipeline(variant: str = "diffusion", device: str | torch.device = "cpu"
     return pipe.to(device)
 
 
-def load_reward(path: str | Path | None = None, device: str | torch.device = "cpu"):
-    """The learned contrastive reward (:class:`~.reward.ShapesCLIPScore`), bundled or saved at ``path``."""
+#: bundled reward versions: "v2" (the default, trained with hard negatives on both sides) and "v1"
+#: (the weak one, text-side negatives only: how reward hacking looks)
+REWARD_VERSIONS = {"v2": "reward", "v1": "reward-v1"}
+
+
+def load_reward(path: str | Path | None = None, device: str | torch.device = "cpu", version: str = "v2"):
+    """The learned contrastive reward (:class:`~.reward.ShapesCLIPScore`): the bundled ``version``
+    ("v2", the default, or the weak "v1"), or one saved at ``path``."""
+    from ...core.validation import check_choice
     from .reward import ShapesCLIPScore
 
-    return ShapesCLIPScore(path=path, device=device)
+    check_choice("version", version, REWARD_VERSIONS)
+    return ShapesCLIPScore(path=path, device=device, version=version)
 
 
 __all__ = ["load_pipeline", "load_reward", "Judge", "benchmark_prompts", "render", "parse_prompt", "SceneSpec",
-           "ObjectSpec", "CATEGORIES", "COLORS", "SHAPES", "VARIANTS"]
+           "ObjectSpec", "CATEGORIES", "COLORS", "SHAPES", "VARIANTS", "REWARD_VERSIONS", "suite_prompts", "SUITES", "SPLITS"]

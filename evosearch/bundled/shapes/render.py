@@ -40,11 +40,38 @@ class PlacedObject:
 
 def relation_holds(relation: str, a: tuple[float, float], b: tuple[float, float], min_shift: float,
                    dominance: float) -> bool:
-    """Whether centroid ``a`` is ``relation`` of centroid ``b`` (image y grows downwards): the
-    main displacement is at least ``min_shift`` pixels and ``dominance`` times the cross one."""
+    """Whether centre ``a`` is ``relation`` of centre ``b`` (image y grows downwards): the main
+    displacement is at least ``min_shift`` pixels and ``dominance`` times the cross one. The renderer
+    draws relations by this rule (6 pixels, twice the cross displacement), stricter than the judge's
+    :func:`box_relations`, so every drawn relation also holds there, with a margin."""
     dx, dy = b[0] - a[0], b[1] - a[1]
     main, cross = {"left of": (dx, dy), "right of": (-dx, dy), "above": (dy, dx), "below": (-dy, dx)}[relation]
     return main >= min_shift and main >= dominance * abs(cross)
+
+
+def box_relations(box_a: tuple[float, float, float, float], box_b: tuple[float, float, float, float],
+                  margin: float = 0.1) -> set[str]:
+    """GenEval's relation rule: the relations of box ``a`` to box ``b`` (boxes ``(x0, y0, x1, y1)``
+    in pixels, image y grows downwards). With centres ``c`` (box means), sizes ``d`` (width, height),
+    ``offset = c_a - c_b`` and ``revised = max(|offset| - margin (d_a + d_b), 0) sign(offset)`` per
+    axis: no relation if every ``|revised| < 1e-3``; else ``(dx, dy) = revised / |offset|`` and
+    "left of" if dx < -0.5, "right of" if dx > 0.5, "above" if dy < -0.5, "below" if dy > 0.5
+    (two may hold at once, on a diagonal)."""
+    a, b = np.asarray(box_a, dtype=np.float64), np.asarray(box_b, dtype=np.float64)
+    offset = (a[:2] + a[2:]) / 2 - (b[:2] + b[2:]) / 2
+    dims = (a[2:] - a[:2]) + (b[2:] - b[:2])
+    revised = np.maximum(np.abs(offset) - margin * dims, 0.0) * np.sign(offset)
+    if np.all(np.abs(revised) < 1e-3):
+        return set()
+    dx, dy = revised / np.linalg.norm(offset)
+    return {r for r, holds in (("left of", dx < -0.5), ("right of", dx > 0.5), ("above", dy < -0.5),
+                               ("below", dy > 0.5)) if holds}
+
+
+def placed_box(obj: "PlacedObject") -> tuple[float, float, float, float]:
+    """The drawn bounding box ``(x0, y0, x1, y1)`` of an object, in pixels."""
+    h = obj.size / 2 * (0.9 if obj.shape == "square" else 1.0)
+    return obj.cx - h, obj.cy - h, obj.cx + h, obj.cy + h
 
 
 def layout(spec: SceneSpec, rng: np.random.Generator, size: int = IMAGE_SIZE) -> list[PlacedObject]:

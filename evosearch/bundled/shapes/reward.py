@@ -68,16 +68,22 @@ class ShapesCLIPScore(Reward):
     Args:
         path: a folder saved with ``ShapesCLIPModel.save_pretrained`` (default: the bundled one).
         device: where the model runs.
+        version: which bundled model when ``path`` is None: "v2" (default) or "v1" (the weak one).
     """
 
     name = "shapes_clip"
 
-    def __init__(self, path: str | Path | None = None, device: str | torch.device = "cpu", batch_size: int = 256):
-        folder = Path(path) if path is not None else asset_path("shapes", "reward")
+    def __init__(self, path: str | Path | None = None, device: str | torch.device = "cpu", batch_size: int = 256,
+                 version: str = "v2"):
+        from . import REWARD_VERSIONS
+
+        folder = Path(path) if path is not None else asset_path("shapes", REWARD_VERSIONS[version])
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"path: no shapes reward model at {folder} (expected config.json and weights); "
                                     "run scripts/train_shapes_reward.py")
-        self.source = "bundled shapes/reward" if path is None else Path(path).name
+        self.source = f"bundled shapes/{REWARD_VERSIONS[version]}" if path is None else Path(path).name
+        if path is None and version != "v2":
+            self.name = f"shapes_clip_{version}"
         self.device = torch.device(device)
         self.model = ShapesCLIPModel.from_pretrained(str(folder)).eval().to(self.device)
         self.tokenizer = build_tokenizer()

@@ -77,3 +77,32 @@ def steps_at_fractions(fractions: Sequence[float], num_steps: int, lo: int = 0) 
         if e >= lo and (not steps or e > steps[-1]):
             steps.append(e)
     return steps
+
+
+def screening_cost(screened: int, finished: int, elite: int, screen_step: int, num_steps: int) -> int:
+    """NFE of a screening generation: ``screened`` rows denoised to ``screen_step`` plus the prediction
+    there (its x0 preview is scored), then ``elite`` of them go on from that prediction and
+    ``finished - elite`` mutated children are denoised from ``screen_step`` to the end."""
+    s, T = screen_step, num_steps
+    return screened * (s + 1) + elite * (T - s - 1) + (finished - elite) * (T - s)
+
+
+def screening_schedule(nfe_budget: int, num_steps: int, screen_step: int, keep_fraction: float,
+                       elite_fraction: float = 1.0) -> tuple[int, int, int]:
+    """(screened, finished, elite): the widest screening generation within ``nfe_budget`` that
+    finishes ``round(keep_fraction * screened)`` rows (at least 1), ``round(elite_fraction *
+    finished)`` of them the best previews as they are, the rest mutated children; leftover budget
+    finishes more elites. A ParameterError when not even one row fits."""
+    check_int("nfe_budget", nfe_budget, lo=num_steps, hint=" (one trajectory = num_inference_steps NFE)")
+
+    def sizes(n: int) -> tuple[int, int]:
+        finished = min(n, max(1, int(round(keep_fraction * n))))
+        return finished, min(finished, max(1, int(round(elite_fraction * finished))))
+
+    n = 1
+    while screening_cost(n + 1, *sizes(n + 1), screen_step, num_steps) <= nfe_budget:
+        n += 1
+    finished, elite = sizes(n)
+    while finished < n and screening_cost(n, finished + 1, elite + 1, screen_step, num_steps) <= nfe_budget:
+        finished, elite = finished + 1, elite + 1
+    return n, finished, elite
