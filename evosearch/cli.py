@@ -257,7 +257,7 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--retry-failed", action="store_true",
                    help="search the prompts that failed in an earlier run again (default: keep their error lines)")
     b.add_argument("--distribute", default="prompts", choices=("prompts", "population"),
-                   help="under `accelerate launch` / torchrun: prompts = process k takes the prompts with index % "
+                   help="under `accelerate launch` / torchrun: prompts = process k takes the prompts with index %% "
                         "num_processes == k; population = every process takes part in each prompt's search (its "
                         "population spread over them; the main process writes)")
     b.add_argument("--total-nfe-budget", type=int, default=None, metavar="N",

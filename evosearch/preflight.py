@@ -14,13 +14,12 @@ import re
 import uuid
 from pathlib import Path
 
-from .core.validation import ParameterError, check_int, check_number, describe
+from .core.validation import DEVICE_RE, ParameterError, check_device, check_int, check_number, describe  # noqa: F401
 from .registry import (DEFAULT_MODEL, MODELS, REWARDS, build_method, check_model_folder, default_reward, load_model,
                        load_reward, makes_videos, method_unavailable, reward_unavailable)
 
 #: trajectories' worth of NFE a search gets when neither --nfe-budget nor --population is given
 DEFAULT_TRAJECTORIES = 32
-DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 _PARAM_RE = re.compile(r"^([A-Za-z_][\w.\-]*): ")
 
 
@@ -63,28 +62,6 @@ def check_out_dir(path, flag: str = "--out") -> Path:
     except OSError as err:
         raise ParameterError(f"{flag}: cannot write to the folder {str(path)!r} ({err.strerror or err})") from None
     return out
-
-
-def check_device(device, flag: str = "--device", allow_auto: bool = False) -> str:
-    """``cpu``, ``cuda``, ``cuda:N``, ``mps`` (or ``auto`` where allowed), and present on this machine."""
-    allowed = "cpu, cuda, cuda:N, mps" + (", auto" if allow_auto else "")
-    if not isinstance(device, str) or not (DEVICE_RE.match(device) or (allow_auto and device == "auto")):
-        raise ParameterError(f"{flag}: must be one of {allowed}, got {describe(device)}")
-    if device in ("cpu", "auto"):
-        return device
-    import torch
-
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ParameterError(f"{flag}: {device} asked for, but torch sees no CUDA GPU on this machine "
-                                 f"(torch.cuda.is_available() is False); use --device cpu")
-        index = int(device.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise ParameterError(f"{flag}: {device} asked for, but this machine has {torch.cuda.device_count()} "
-                                 f"CUDA device(s): cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    elif not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ParameterError(f"{flag}: mps asked for, but torch has no MPS (Apple GPU) backend here; use --device cpu")
-    return device
 
 
 def parse_options(pairs) -> dict:

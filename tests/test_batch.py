@@ -144,7 +144,7 @@ def test_read_prompts_txt_and_jsonl(tmp_path, prompts_txt):
     ('{"seed": 1}\n', '"prompt" must be a non-empty string'),
     ('{"prompt": "a", "id": "x"}\n{"prompt": "b", "id": "x"}\n', "repeats the id"),
     ('{"prompt": "a", "id": "../evil"}\n', '"id" must be'),
-    ('{"prompt": "a", "seed": -1}\n', "seed: must be an integer >= 0"),
+    ('{"prompt": "a", "seed": -1}\n', r"seed: must be an integer in \[0, "),
     ('{"prompt": "a", "nfe_budget": 0}\n', "nfe_budget: must be an integer >= 1"),
     ('["a"]\n', "expected a JSON object"),
     ('\n# nothing\n', "no prompts found"),

@@ -271,7 +271,7 @@ def test_kdiffusion_stepper_is_deterministic_and_batch_independent():
                                     BestOfN(n=5)])
 def test_search_from_stepper_replays_the_winner(method):
     st, _ = gm_stepper(steps=6, max_batch_size=4)
-    reward = FunctionReward(first_coordinate, name="x0")
+    reward = FunctionReward(first_coordinate, name="x0", check_range=False)  # latents, not pixels
     search = SearchPipeline.from_stepper(st, reward, method)
     pack = load_pack()
     tracker = pack_module("progress").BestLatentTracker(st)
@@ -715,10 +715,12 @@ def test_sampler_node_outputs(fake_comfy):
     rec = json.loads(record_json)
     assert rec["complete"] and rec["stats"]["stopped"] is None
     plan = rec["settings"]["plan"]
-    evo, pop = plan["evolution_schedule"], plan["population_schedule"]
-    nfe = pop[0] * 6 + sum(p * (6 - e) for e, p in zip(evo, pop[1:]))
+    (step,), (screened, finished), elite = plan["evolution_schedule"], plan["population_schedule"], plan["elite_size"]
+    assert plan["screen"]  # EvoSearch's default: generation 0 screened on x0 previews, the best finished
+    nfe = screened * (step + 1) + elite * (6 - step - 1) + (finished - elite) * (6 - step)
     assert rec["stats"]["nfe"] == rec["stats"]["planned_nfe"] == nfe <= 120
-    assert rec["stats"]["reward_calls"] == sum(pop) == rec["stats"]["decode_calls"] == vae.calls
+    # every screened preview and every finished sample is decoded and scored once
+    assert rec["stats"]["reward_calls"] == screened + finished == rec["stats"]["decode_calls"] == vae.calls
     assert rec["comfyui"]["sampling"] == "ve" and rec["comfyui"]["scheduler"] == "karras"
     assert rec["comfyui"]["max_denoise"] is True and len(rec["comfyui"]["sigmas"]) == 7
     assert rec["comfyui"]["batch_size"] == 1 and rec["comfyui"]["seeds"] == [5] and rec["comfyui"]["denoise"] == 1.0
@@ -768,9 +770,11 @@ def test_cancel_is_seen_within_one_micro_batch(fake_comfy):
     """Cancel during a first generation of hundreds of candidates: the search stops after the model call
     that was running, returns the best so far, and clears the interrupt so the workflow goes on."""
     model = FakeModel(interrupt_after=23, mm=fake_comfy.mm)
-    (latent, best, _, rec), _ = run_node(model, method="evosearch", nfe_budget=3000, steps=4, max_batch_size=8)
+    # best-of-n scores its waves as they finish, so a Cancel in its first generation keeps a best sample
+    # (EvoSearch's default screening generation has none until every start reaches the screening step)
+    (latent, best, _, rec), _ = run_node(model, method="best-of-n", nfe_budget=3000, steps=4, max_batch_size=8)
     rec = json.loads(rec)
-    assert rec["settings"]["plan"]["population_schedule"][0] >= 300
+    assert rec["settings"]["plan"]["n"] >= 300
     assert model.calls == 23  # nothing after the micro-batch during which Cancel came
     assert rec["complete"] is False and rec["stats"]["stopped"] == "interrupted"
     assert rec["stats"]["nfe"] == 23 * 8 and rec["stats"]["planned_nfe"] > 2000

@@ -211,11 +211,13 @@ def run_batch(search, items: Sequence[BatchItem], out_dir, *, nfe_budget: int | 
     process_index, num_processes, state = owner(state, process_index, num_processes)
     with locked(out_dir, state, process_index, num_processes):
         return _run_batch(search, items, out_dir, nfe_budget, num_inference_steps, guidance_scale, config,
-                          save_population, progress, state, process_index, num_processes, merge, retry_failed)
+                          save_population, progress, state, process_index, num_processes, merge, retry_failed,
+                          distribute)
 
 
 def _run_batch(search, items, out_dir: Path, nfe_budget, num_inference_steps, guidance_scale, config,
-               save_population, progress, state, process_index, num_processes, merge, retry_failed) -> BatchSummary:
+               save_population, progress, state, process_index, num_processes, merge, retry_failed,
+               distribute) -> BatchSummary:
     config = dict(config or {})
 
     check_choice("distribute", distribute, DISTRIBUTE)

@@ -7,6 +7,7 @@ either; apps show its message in one line.
 from __future__ import annotations
 
 import math
+import re
 from numbers import Integral, Real
 from typing import Any, Iterable, Sequence
 
@@ -104,3 +105,28 @@ def check_int_list(name: str, values, lo: int = 1) -> tuple[int, ...]:
             isinstance(v, Integral) and not isinstance(v, bool) and v >= lo for v in values):
         raise ParameterError(f"{name}: must be a non-empty list of integers >= {lo}, got {describe(values)}")
     return tuple(int(v) for v in values)
+
+
+DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+
+
+def check_device(device, flag: str = "--device", allow_auto: bool = False) -> str:
+    """``cpu``, ``cuda``, ``cuda:N``, ``mps`` (or ``auto`` where allowed), and present on this machine."""
+    allowed = "cpu, cuda, cuda:N, mps" + (", auto" if allow_auto else "")
+    if not isinstance(device, str) or not (DEVICE_RE.match(device) or (allow_auto and device == "auto")):
+        raise ParameterError(f"{flag}: must be one of {allowed}, got {describe(device)}")
+    if device in ("cpu", "auto"):
+        return device
+    import torch
+
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ParameterError(f"{flag}: {device} asked for, but torch sees no CUDA GPU on this machine "
+                                 f"(torch.cuda.is_available() is False); use --device cpu")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ParameterError(f"{flag}: {device} asked for, but this machine has {torch.cuda.device_count()} "
+                                 f"CUDA device(s): cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ParameterError(f"{flag}: mps asked for, but torch has no MPS (Apple GPU) backend here; use --device cpu")
+    return device

@@ -12,7 +12,7 @@ from .base import Reward, RewardError, as_reward, broadcast_prompts, is_video_ba
 def check_reward_device(device) -> torch.device:
     """``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (or a torch.device) that this machine has; errors name
     ``reward_device`` (the CLI's own device check)."""
-    from ..preflight import check_device
+    from ..core.validation import check_device
 
     return torch.device(check_device(str(device) if isinstance(device, torch.device) else device, "reward_device"))
 

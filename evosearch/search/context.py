@@ -193,8 +193,6 @@ class SearchContext:
             t = d.all_reduce([float(stop), float(error is not None), self.stepper.nfe - self._nfe0,
                               self.stepper.decode_calls - self._decode0, float(done), float(leaving)])
         if t[1] > 0:
-            from .distributed import _picklable_error, error_class
-
             with self.timed("comm"):
                 errors = d.all_gather_objects(_picklable_error(error))
             failed = [(r, e) for r, e in enumerate(errors) if e is not None]
@@ -370,3 +368,23 @@ class SearchContext:
         if self.best is not None and all(c is not self.best for c in cands):
             cands.insert(0, self.best)
         return cands
+
+
+class DistributedSearchError(RuntimeError):
+    """A rank of a distributed search failed; every rank raises this (or the failing rank's own
+    error class, for the library's errors) with the same message."""
+
+
+def _picklable_error(err: BaseException | None):
+    if err is None:
+        return None
+    return type(err).__name__, " ".join(str(err).split()) or type(err).__name__
+
+
+def error_class(name: str):
+    """The library's error classes are raised as themselves on every rank; anything else as
+    :class:`DistributedSearchError`."""
+    from ..rewards.base import RewardError
+
+    known = {c.__name__: c for c in (RewardError, CallbackError, BudgetExceeded, ParameterError)}
+    return known.get(name, DistributedSearchError)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..core.validation import ParameterError, describe
+from .context import DistributedSearchError  # noqa: F401  (raised on every rank; re-exported)
 
 #: methods a distributed search refuses, and why
 REFUSED_METHODS: dict[str, str] = {
@@ -39,11 +40,6 @@ REFUSED_METHODS: dict[str, str] = {
                "the same samples at every world size",
 }
 DISTRIBUTED_CHOICES = (True, False, "auto")
-
-
-class DistributedSearchError(RuntimeError):
-    """A rank of a distributed search failed; every rank raises this (or the failing rank's own
-    error class, for the library's errors) with the same message."""
 
 
 def span(n: int, rank: int, world: int) -> tuple[int, int]:
@@ -106,22 +102,6 @@ class Lazy:
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         lins = None if self.lineages is None else tuple(self.lineages[k] for k in idx)
         return Lazy(self.source, self.index[idx], lins)
-
-
-def _picklable_error(err: BaseException | None):
-    if err is None:
-        return None
-    return type(err).__name__, " ".join(str(err).split()) or type(err).__name__
-
-
-def error_class(name: str):
-    """The library's error classes are raised as themselves on every rank; anything else as
-    :class:`DistributedSearchError`."""
-    from ..rewards.base import RewardError
-    from .context import BudgetExceeded, CallbackError
-
-    known = {c.__name__: c for c in (RewardError, CallbackError, BudgetExceeded, ParameterError)}
-    return known.get(name, DistributedSearchError)
 
 
 class Collective:

@@ -62,7 +62,7 @@ class EvoSearch(SearchMethod):
     the budget allows. Composition (which objects, where, which colour) is settled by the
     middle of the trajectory, so a preview ranks starts almost as well as a finished sample at
     a fraction of the cost: the search sees several times more starts than best-of-N at equal
-    NFE. Segment (video) models, and ``screen_fraction=None``, use the population scheduler
+    NFE. Segment (video) models, fewer than 3 steps, and ``screen_fraction=None`` use the population scheduler
     (:func:`~evosearch.search.ops.schedules.auto_schedule`) instead (full rollouts per generation).
     """
 
@@ -119,12 +119,10 @@ class EvoSearch(SearchMethod):
         return cls(**kwargs)
 
     def plan(self, nfe_budget, num_steps, num_segments=None) -> Plan:
-        if self.evolution_schedule is None and self.screen_fraction is not None and num_segments is None:
+        if (self.evolution_schedule is None and self.screen_fraction is not None and num_segments is None
+                and num_steps >= 3):
             need_budget("EvoSearch()", "schedules", nfe_budget)
             s = min(num_steps - 2, max(1, int(round(self.screen_fraction * num_steps))))
-            if num_steps < 3:
-                raise ParameterError(f"num_inference_steps: EvoSearch's screening needs at least 3 steps, got "
-                                     f"{num_steps} (pass screen_fraction=None)")
             screened, finished, elite = screening_schedule(nfe_budget, num_steps, s, self.keep_fraction,
                                                            self.elite_fraction)
             cost = screening_cost(screened, finished, elite, s, num_steps)

@@ -30,6 +30,7 @@ from ..paths import asset_path
 from .grammar import CATEGORIES, COLORS, SHAPES, ObjectSpec, SceneSpec, benchmark_prompts, parse_prompt
 from .judge import Judge
 from .render import render
+from .reward import REWARD_VERSIONS
 from .suites import SPLITS, SUITES, suite_prompts
 
 VARIANTS = ("diffusion", "flow")
@@ -50,11 +51,6 @@ def load_pipeline(variant: str = "diffusion", device: str | torch.device = "cpu"
     pipe = cls.from_pretrained(str(folder), dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
-
-
-#: bundled reward versions: "v2" (the default, trained with hard negatives on both sides) and "v1"
-#: (the weak one, text-side negatives only: how reward hacking looks)
-REWARD_VERSIONS = {"v2": "reward", "v1": "reward-v1"}
 
 
 def load_reward(path: str | Path | None = None, device: str | torch.device = "cpu", version: str = "v2"):

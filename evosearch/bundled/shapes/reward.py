@@ -28,6 +28,11 @@ from .model import MAX_LENGTH, build_tokenizer
 from .render import IMAGE_SIZE
 
 
+#: bundled reward versions (folders under assets/shapes): "v2" (the default, trained with hard negatives
+#: on both sides) and "v1" (the weak one, text-side negatives only: how reward hacking looks)
+REWARD_VERSIONS = {"v2": "reward", "v1": "reward-v1"}
+
+
 class ShapesCLIPModel(ModelMixin, ConfigMixin):
     """Image encoder (a 5-layer CNN that keeps a 4x4 spatial map, so that positions count) and
     text encoder (a 2-layer ``CLIPTextModel`` over the grammar's words), both into ``embed_dim``."""
@@ -75,8 +80,6 @@ class ShapesCLIPScore(Reward):
 
     def __init__(self, path: str | Path | None = None, device: str | torch.device = "cpu", batch_size: int = 256,
                  version: str = "v2"):
-        from . import REWARD_VERSIONS
-
         folder = Path(path) if path is not None else asset_path("shapes", REWARD_VERSIONS[version])
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"path: no shapes reward model at {folder} (expected config.json and weights); "
