@@ -21,6 +21,7 @@ SMALL = {"steps": 4, "max_batch_size": 2}
 EQUAL = {
     "evosearch": {"method": "evosearch", "seed": 3, "options": {"evolution_schedule": [0, 2],
                                                                "population_schedule": [6, 5, 5], "elite_size": 1}},
+    "evosearch-screening": {"method": "evosearch", "seed": 8, "nfe_budget": 40},  # the default: screens on previews
     "best-of-n": {"method": "best-of-n", "population": 5, "seed": 1},
     "zero-order": {"method": "zero-order", "population": 3, "seed": 2, "options": {"iterations": 2}},
     "paths": {"method": "paths", "population": 2, "seed": 4,
@@ -60,7 +61,8 @@ def assert_same_search(one: dict, other: dict, label: str) -> None:
     assert one["reward"] == pytest.approx(other["reward"], rel=1e-5), label
     assert np.abs(np.asarray(one["image"], float) - np.asarray(other["image"], float)).max() <= 1, label
     assert len(one["history"]) == len(other["history"]), label
-    loose = {"rewards", "best_reward", "ess", "weights"}  # floats; ESS/weights: exp(lambda * reward) grows rounding
+    # floats: ESS/weights (exp(lambda * reward)) and standardized preview rewards (particles) grow rounding
+    loose = {"rewards", "best_reward", "ess", "weights"}
     for a, b in zip(one["history"], other["history"]):
         assert set(a) == set(b), label
         for key in set(a) - loose:
@@ -69,7 +71,7 @@ def assert_same_search(one: dict, other: dict, label: str) -> None:
         for key in set(a) & loose:
             if a[key] is not None:
                 np.testing.assert_allclose(a[key], b[key], rtol=1e-3 if key in ("ess", "weights") else 1e-5,
-                                           atol=1e-9, err_msg=f"{label}: {key}")
+                                           atol=1e-4, err_msg=f"{label}: {key}")
 
 
 @pytest.mark.parametrize("name", list(EQUAL))
