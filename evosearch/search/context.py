@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.records import Candidate, HistoryEntry, SearchEvent, SearchStats
-from ..core.validation import check_bool, check_int, check_number
+from ..core.validation import ParameterError, check_bool, check_int, check_number
 from ..rewards.base import RewardError
 
 
@@ -384,7 +384,5 @@ def _picklable_error(err: BaseException | None):
 def error_class(name: str):
     """The library's error classes are raised as themselves on every rank; anything else as
     :class:`DistributedSearchError`."""
-    from ..rewards.base import RewardError
-
     known = {c.__name__: c for c in (RewardError, CallbackError, BudgetExceeded, ParameterError)}
     return known.get(name, DistributedSearchError)
