@@ -33,13 +33,8 @@ from evosearch.evaluation import paired_difference, roc_auc  # noqa: E402
 from evosearch.io import atomic_write_json  # noqa: E402
 from evosearch.registry import load_reward  # noqa: E402
 from evosearch.search.ops.schedules import screening_schedule  # noqa: E402
+from shapes_geneval import STEPS, scores  # noqa: E402
 from shapes_pool import load_pool  # noqa: E402
-
-STEPS = 25
-
-
-def scores(reward, images: np.ndarray, prompt: str) -> np.ndarray:
-    return np.asarray(reward(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255, prompt), dtype=np.float64)
 
 
 def main(argv=None):
