@@ -33,7 +33,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]
 MAX_NFE = 50_000
-MAX_POP = 32
+MAX_POP = 80  # EvoSearch screens ~1.8 x K starts: 400 NFE at 10 steps holds 73 at once
 BATCH = 4  # small micro-batches: several waves per generation, and Cancel checked often
 CAPTION = re.compile(r"^r=-?[0-9.]+(e-?[0-9]+)? [✓✗⚠]$")
 

@@ -307,6 +307,8 @@ class SearchApp:
         judge = out.judge or {}
         plain = live.plain and (live.plain[0], out.plain_rewards[0] if out.plain_rewards else live.plain[1],
                                 (judge.get("plain", {}).get("verdicts") or [live.plain[2]])[0])
+        if plain is None and out.plain is not None and len(out.plain):  # a screening search: plain x0 previews
+            plain = (out.plain[0], out.plain_rewards[0], (judge.get("plain", {}).get("verdicts") or [None])[0])
         best = (best_sample, out.best.reward, judge.get("best"))
         return (views.status_html(head, facts, st.nfe, st.planned_nfe, out.warnings, None if err is None else
                                   f"{type(err).__name__}: {err}"),
