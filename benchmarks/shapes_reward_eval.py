@@ -8,7 +8,7 @@
   with both judge outcomes present, the chance that a judge-correct sample outscores a wrong one;
   averaged per category. This is what search relies on.
 
-    python benchmarks/shapes_reward_eval.py --pools .cache/shapes_pools /work/cache/pool_select
+    python benchmarks/shapes_reward_eval.py --pools .cache/pool_select .cache/shapes_pools_tune .cache/shapes_pools
 
 Prints a table per reward and writes ``benchmarks/results/shapes_reward_eval.json``.
 """
