@@ -51,7 +51,7 @@ from evosearch.bundled import shapes  # noqa: E402
 from evosearch.evaluation import cluster_bootstrap, paired_difference  # noqa: E402
 from evosearch.io import atomic_path, atomic_write_json  # noqa: E402
 from evosearch.registry import build_method, load_reward  # noqa: E402
-from shapes_pool import collect, load_pool  # noqa: E402
+from shapes_pool import collect, load_pool, to_uint8  # noqa: E402
 
 METHODS = ("best-of-n", "evosearch", "particles", "paths", "zero-order")
 REWARDS = ("shapes-clip", "shapes-clip-v1")
@@ -215,7 +215,7 @@ def run(args) -> None:
                     out = search(prompt, seed=seed, num_inference_steps=STEPS, nfe_budget=k * STEPS, method=method,
                                  output_type="pt", progress=False)
                     seconds = time.time() - t
-                    img = (out.best.image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+                    img = to_uint8(out.best.image[None])[0]
                     v = judge(img[None], prompt)[0]
                     rows.append({**base, "method": label, "K": k, "nfe": out.stats.nfe, "reward": float(out.best.reward),
                                  "judge": bool(v["correct"]), "valid": bool(v["valid"]), "seconds": round(seconds, 3),

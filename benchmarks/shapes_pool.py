@@ -36,12 +36,13 @@ from evosearch import SearchPipeline  # noqa: E402
 from evosearch.bundled import shapes  # noqa: E402
 from evosearch.core.records import Plan  # noqa: E402
 from evosearch.io import atomic_path  # noqa: E402
+from evosearch.search.context import as_stored  # noqa: E402
 from evosearch.search.method import SearchMethod  # noqa: E402
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """(N, 3, H, W) in [0, 1] -> (N, H, W, 3) uint8."""
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return as_stored(x).permute(0, 2, 3, 1).cpu().numpy()
 
 
 @dataclass(frozen=True)

@@ -287,7 +287,7 @@ class SearchContext:
 
     def keep_plain(self, images, rewards: Sequence[float], lineages: Sequence, source: str) -> None:
         """Keep the first ``plain_samples`` of unselected samples as the plain reference."""
-        stored = (images[: self.plain_samples] * 255).round().clamp(0, 255).to(torch.uint8)
+        stored = as_stored(images[: self.plain_samples])
         self.plain = [Candidate(stored[k], float(rewards[k]), lineages[k], 0) for k in range(len(stored))]
         self.plain_source = source
 
