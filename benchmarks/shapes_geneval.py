@@ -50,6 +50,7 @@ from evosearch import SearchPipeline  # noqa: E402
 from evosearch.bundled import shapes  # noqa: E402
 from evosearch.evaluation import cluster_bootstrap, paired_difference  # noqa: E402
 from evosearch.io import atomic_path, atomic_write_json  # noqa: E402
+from evosearch.judging import hacking_suspected  # noqa: E402
 from evosearch.registry import build_method, load_reward  # noqa: E402
 from shapes_pool import collect, load_pool, to_uint8  # noqa: E402
 
@@ -58,6 +59,7 @@ REWARDS = ("shapes-clip", "shapes-clip-v1")
 RESULTS = ROOT / "benchmarks" / "results"
 RECORDS = RESULTS / "shapes_geneval_records.jsonl"
 POOL_SIZE = 64
+PLAIN_SAMPLES = 8  # SearchContext.plain_samples
 STEPS = 25
 
 
@@ -130,7 +132,7 @@ def screening_winner(pool: dict, previews_of, final_rewards: np.ndarray, k: int,
     if screened > len(final_rewards) or f"preview_{step}" not in pool:
         return None
     top = np.argsort(-previews_of(step)[:screened], kind="stable")[:finished]
-    return int(top[np.argmax(final_rewards[top])]), {"nfe": plan.nfe, "screened": screened}
+    return int(top[np.argmax(final_rewards[top])]), {"nfe": plan.nfe, "screened": screened, "step": step}
 
 
 def pool_records(pool: dict, prompt, category, seed, suite, split, reward_name, reward, judge, ks,
@@ -143,13 +145,16 @@ def pool_records(pool: dict, prompt, category, seed, suite, split, reward_name, 
     base = {"suite": suite, "split": split, "reward_model": reward_name, "prompt": prompt, "category": category,
             "seed": seed}
     rows = []
+    correct = np.asarray([v["correct"] for v in verdicts])
     for k in ks:
         if k > len(final):
             continue
         w = int(np.argmax(rewards[:k]))
+        plain = slice(0, min(k, PLAIN_SAMPLES))  # the judge's plain reference: the first generation's first samples
         rows.append({**base, "method": "best-of-n", "K": k, "nfe": k * STEPS, "reward": float(rewards[w]),
                      "judge": bool(verdicts[w]["correct"]), "valid": bool(verdicts[w]["valid"]),
-                     "seconds": round(seconds_per_candidate * k, 3), "image": image_hash(final[w])})
+                     "seconds": round(seconds_per_candidate * k, 3), "image": image_hash(final[w]),
+                     "warning": hacking_suspected(rewards[w], correct[w], rewards[plain], correct[plain])})
     if "evosearch" in methods:
         cache = {}
         previews_of = lambda step: cache.setdefault(step, scores(reward, pool[f"preview_{step}"], prompt))  # noqa
@@ -158,9 +163,14 @@ def pool_records(pool: dict, prompt, category, seed, suite, split, reward_name, 
             if found is None:
                 continue
             w, info = found
+            step = info["step"]  # the plain reference of a screening search: the first previews at its step
+            shown = pool[f"preview_{step}"][:PLAIN_SAMPLES]
+            shown_correct = np.asarray([v["correct"] for v in judge(shown, prompt)])
             rows.append({**base, "method": "evosearch", "K": k, "nfe": info["nfe"], "reward": float(rewards[w]),
                          "judge": bool(verdicts[w]["correct"]), "valid": bool(verdicts[w]["valid"]), "seconds": None,
-                         "image": image_hash(final[w]), "source": "pool", "screened": info["screened"]})
+                         "image": image_hash(final[w]), "source": "pool", "screened": info["screened"],
+                         "warning": hacking_suspected(rewards[w], correct[w], previews_of(step)[:PLAIN_SAMPLES],
+                                                    shown_correct)})
     rows.append({**base, "method": "plain", "K": 1, "nfe": STEPS, "reward": float(rewards.mean()),
                  "judge": float(np.mean([v["correct"] for v in verdicts])),
                  "valid": float(np.mean([v["valid"] for v in verdicts])), "seconds": seconds_per_candidate,
@@ -277,7 +287,14 @@ def summarize(records: list[dict]) -> list[dict]:
                         and (category == "all" or r["category"] == category)]
                 d = paired_difference(pool, method, "best-of-n", k)
                 if d.n:
-                    row.update(diff_vs_bon=d.mean, diff_ci_low=d.low, diff_ci_high=d.high, pairs=d.n)
+                    row.update(diff_vs_bon=d.mean, diff_ci_low=d.low, diff_ci_high=d.high, pairs=d.n,
+                               reward_vs_bon=paired_difference(pool, method, "best-of-n", k, key="reward").mean)
+            flagged = [r for r in sel if r.get("warning") is not None]
+            if flagged and method not in ("plain", "oracle"):  # the reward-hacking warning's hits and false alarms
+                wrong = [r["warning"] for r in flagged if not r["judge"]]
+                right = [r["warning"] for r in flagged if r["judge"]]
+                row.update(warning_hit_rate=float(np.mean(wrong)) if wrong else None, warning_wrong=len(wrong),
+                           warning_false_alarms=float(np.mean(right)) if right else None, warning_right=len(right))
             per_prompt = {}
             for r in sel:
                 if r.get("image") is not None:
@@ -321,6 +338,21 @@ def markdown(rows: list[dict]) -> str:
             if m != "best-of-n":
                 out.append(f"| {m} − best-of-n | " + " | ".join(fmt_diff(cell[m, k]) if (m, k) in cell else "–"
                                                                  for k in ks) + " |")
+    fooled = [r for r in overall if r.get("warning_hit_rate") is not None or r.get("reward_vs_bon") is not None]
+    if fooled:
+        out.append("\n**How much each method is fooled** (paired with best-of-N at the same K: reward rise vs judge "
+                   "change; the reward-hacking warning: share of wrong winners it flags / of right winners it flags)\n")
+        out.append("| suite/split | reward | method | K | reward − best-of-n | judge − best-of-n | warning hits | "
+                   "false alarms |")
+        out.append("|---|---|---|---|---|---|---|---|")
+        for r in sorted(fooled, key=lambda r: (r["suite"], r["split"], r["reward_model"], r["method"], r["K"])):
+            hits = (f"{r['warning_hit_rate']:.2f} ({r['warning_wrong']})" if r.get("warning_hit_rate") is not None
+                    else "–")
+            alarms = (f"{r['warning_false_alarms']:.2f} ({r['warning_right']})"
+                      if r.get("warning_false_alarms") is not None else "–")
+            gain = f"{r['reward_vs_bon']:+.2f}" if r.get("reward_vs_bon") is not None else "–"
+            out.append(f"| {r['suite']}/{r['split']} | {r['reward_model']} | {r['method']} | {r['K']} | {gain} | "
+                       f"{fmt_diff(r)} | {hits} | {alarms} |")
     return "\n".join(out)
 
 

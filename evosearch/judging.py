@@ -81,6 +81,13 @@ def _short(verdict: dict) -> dict:
     return {k: v for k, v in verdict.items() if k in ("correct", "valid", "category", "reason", "score")}
 
 
+def hacking_suspected(best_reward: float, best_value: float, plain_rewards, plain_values) -> bool:
+    """The reward-hacking rule: the winner's reward is above the plain samples' mean reward while
+    the judge rates it below their mean verdict (``verdict_value``: 1/0 for correct/wrong)."""
+    return bool(len(plain_values) and best_reward > float(np.mean(plain_rewards))
+                and best_value < float(np.mean(plain_values)))
+
+
 def judge_output(judge, run, ranked) -> JudgeReport:
     """The judge's report on a finished search (``run``: its context, ``ranked``: its final population)."""
     if judge is None or run.best is None:
@@ -98,7 +105,8 @@ def judge_output(judge, run, ranked) -> JudgeReport:
     if plain:
         plain_reward = float(np.mean([c.reward for c in run.plain]))
         plain_value = float(np.mean([verdict_value(v) for v in plain]))
-        if run.best.reward > plain_reward and verdict_value(best) < plain_value:
+        if hacking_suspected(run.best.reward, verdict_value(best), [c.reward for c in run.plain],
+                             [verdict_value(v) for v in plain]):
             what = (f"calls the best sample {'correct' if best.get('correct') else 'incorrect'} while "
                     f"{plain_value:.0%} of plain samples are correct" if "correct" in best else
                     f"scores the best {verdict_value(best):.4g} against {plain_value:.4g} for plain samples")

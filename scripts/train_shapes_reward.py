@@ -1,10 +1,12 @@
 #!/usr/bin/env python
 """Train the shapes world's learned reward (a contrastive image-text model) into the package.
 
-    python scripts/train_shapes_reward.py --init-from evosearch/bundled/assets/shapes/reward-v1 \
-        --steps 1500 --lr 1e-3 --text-negatives 3 --image-negatives 1      # shapes-clip (v2)
     python scripts/train_shapes_reward.py --steps 2500 --text-negatives 1 --image-negatives 0 \
         --out evosearch/bundled/assets/shapes/reward-v1                     # shapes-clip-v1 (the weak one)
+    python scripts/train_shapes_reward.py --init-from evosearch/bundled/assets/shapes/reward-v1 \
+        --steps 700 --lr 1e-3 --seed 1 --out /tmp/reward-v2                 # v2 (not bundled any more)
+    python scripts/train_shapes_reward.py --init-from /tmp/reward-v2 --steps 1000 --lr 5e-4 --threads 1 \
+        --relation-negatives --focus position --focus-share 0.5            # shapes-clip (v3, bundled)
 
 Data: rendered scenes (``shapes.render``) of random prompts from every category, degraded the
 way generated images are (Gaussian blur, pixel noise, brightness and contrast jitter), each
@@ -15,6 +17,10 @@ with its prompt. Loss: CLIP's symmetric InfoNCE over the batch with hard negativ
 - image side, ``--image-negatives`` per prompt: a *render* of such a changed scene, or of the
   scene with one object missing or one extra (``hard_negative_scene``), so that the prompt
   must prefer its own picture over the picture of what a generator gets wrong.
+``--relation-negatives`` makes the relation flip the first negative on both sides for every
+scene with a relation: without it, the flip is one perturbation in eight and the reward learns
+to read which objects are there but barely where (v2 preferred a judge-correct generated
+sample over the same sample under its flipped relation 60% of the time; v3 93%).
 It never sees a generated image or the judge. Deterministic: one random stream per step.
 Writes ``evosearch/bundled/assets/shapes/reward/`` (config.json, weights, training_summary.json).
 """
@@ -42,6 +48,8 @@ from evosearch.bundled.shapes.model import MAX_LENGTH, build_tokenizer  # noqa: 
 from evosearch.bundled.shapes.render import render_array  # noqa: E402
 from evosearch.bundled.shapes.reward import ShapesCLIPModel  # noqa: E402
 
+FLIP = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,6 +66,9 @@ def parse_args(argv=None):
     p.add_argument("--init-from", type=Path, default=None, help="start from this saved reward (fine-tune)")
     p.add_argument("--focus", choices=CATEGORIES, default=None, help="draw this category more often")
     p.add_argument("--focus-share", type=float, default=0.5, help="share of --focus scenes in a batch (default 0.5)")
+    p.add_argument("--relation-negatives", action="store_true",
+                   help="for every scene with a relation, its first text negative is the flipped relation and its "
+                        "first image negative a render of the flipped scene (the same objects, places swapped)")
     return p.parse_args(argv)
 
 
@@ -93,8 +104,13 @@ def hard_negative_scene(spec: SceneSpec, rng: np.random.Generator) -> SceneSpec:
     return perturb_spec(spec, rng)
 
 
+def flipped_relation(spec: SceneSpec) -> SceneSpec:
+    """The same two objects in the opposite relation ("A left of B" -> "A right of B")."""
+    return SceneSpec(spec.category, spec.objects, FLIP[spec.relation])
+
+
 def batch(step: int, n: int, seed: int, tokenizer, text_negatives: int = 1, image_negatives: int = 0,
-          train: bool = True, focus: str | None = None, focus_share: float = 0.5):
+          train: bool = True, focus: str | None = None, focus_share: float = 0.5, relation_negatives: bool = False):
     """(images (n,3,32,32), true prompt ids (n,L), negative prompt ids (n*text_negatives,L) in image-major
     order, negative images (n*image_negatives,3,32,32) in prompt-major order, prompts)."""
     rng = np.random.default_rng([seed, step, 0 if train else 1])
@@ -104,9 +120,11 @@ def batch(step: int, n: int, seed: int, tokenizer, text_negatives: int = 1, imag
         img, _ = render_array(spec, seed=int(rng.integers(2**62)))
         images.append(img)
         texts.append(spec.prompt())
-        negatives += [perturb_spec(spec, rng).prompt() for _ in range(text_negatives)]
-        negative_images += [render_array(hard_negative_scene(spec, rng), seed=int(rng.integers(2**62)))[0]
-                            for _ in range(image_negatives)]
+        flip = relation_negatives and spec.relation is not None
+        negatives += [(flipped_relation(spec) if flip and k == 0 else perturb_spec(spec, rng)).prompt()
+                      for k in range(text_negatives)]
+        negative_images += [render_array(flipped_relation(spec) if flip and k == 0 else hard_negative_scene(spec, rng),
+                                         seed=int(rng.integers(2**62)))[0] for k in range(image_negatives)]
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
     xn = (torch.from_numpy(np.stack(negative_images)).permute(0, 3, 1, 2) if negative_images
           else torch.zeros(0, *x.shape[1:]))
@@ -124,6 +142,7 @@ def evaluate(model, tokenizer, scenes: int = 1200, seed: int = 0) -> dict:
     model.eval()
     g = torch.Generator().manual_seed(10_000 + seed)
     hits = {side: {c: [] for c in CATEGORIES} for side in ("text", "image")}
+    hits["flip"] = {"position": []}  # the true prompt outscores the same prompt with the relation flipped
     rng = np.random.default_rng([seed, 1 << 40, 99])  # no training step draws from this stream
     tok = lambda t: tokenizer(t, padding="max_length", max_length=MAX_LENGTH, return_tensors="pt").input_ids  # noqa
     for lo in range(0, scenes, 120):
@@ -137,9 +156,13 @@ def evaluate(model, tokenizer, scenes: int = 1200, seed: int = 0) -> dict:
         pos = (img * txt).sum(-1)
         neg = (img * model.encode_text(tok([perturb_spec(s, rng).prompt() for s in specs]))).sum(-1)
         neg_img = (img_neg * txt).sum(-1)
+        flips = [k for k, s in enumerate(specs) if s.relation is not None]
+        neg_flip = (img[flips] * model.encode_text(tok([flipped_relation(specs[k]).prompt() for k in flips]))).sum(-1)
         for s, p, q, r in zip(specs, pos, neg, neg_img):
             hits["text"][s.category].append(bool(p > q))
             hits["image"][s.category].append(bool(p > r))
+        for k, q in zip(flips, neg_flip):
+            hits["flip"]["position"].append(bool(pos[k] > q))
     model.train()
     return {side: {c: round(float(np.mean(v)), 3) for c, v in per.items()} for side, per in hits.items()}
 
@@ -165,7 +188,8 @@ def main(argv=None):
         for group in opt.param_groups:
             group["lr"] = lr
         x, pos_ids, neg_ids, x_neg, _ = batch(step, args.batch_size, args.seed, tokenizer, args.text_negatives,
-                                              args.image_negatives, focus=args.focus, focus_share=args.focus_share)
+                                              args.image_negatives, focus=args.focus, focus_share=args.focus_share,
+                                              relation_negatives=args.relation_negatives)
         g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         images = model.encode_image(degrade(torch.cat([x, x_neg]), g))
         img, img_neg = images[: len(x)], images[len(x):]
@@ -194,6 +218,7 @@ def main(argv=None):
                "text_negatives": args.text_negatives, "image_negatives": args.image_negatives,
                "init_from": args.init_from.name if args.init_from else None,
                "focus": args.focus, "focus_share": args.focus_share if args.focus else None,
+               "relation_negatives": args.relation_negatives,
                "train_minutes": round((time.time() - t0) / 60, 1), "torch": torch.__version__,
                "parameters": sum(p.numel() for p in model.parameters()),
                "heldout_pairwise_accuracy": heldout, "loss_log": log}
