@@ -305,6 +305,28 @@ def summarize(records: list[dict]) -> list[dict]:
     return rows
 
 
+def collapse(records: list[dict], low: int = 8, high: int = 64) -> list[dict]:
+    """Goodhart check per (suite, split, reward, method): judge at K = ``high`` minus at K = ``low``
+    on the same (prompt, seed) pairs, with a 95% interval clustered by prompt (a fall is a collapse)."""
+    by = {}
+    for r in records:
+        if r["K"] in (low, high) and r["method"] not in ("plain", "oracle"):
+            by[(r["suite"], r["split"], r["reward_model"], r["method"], r["K"], r["prompt"], r["seed"])] = float(r["judge"])
+    rows = []
+    for suite, split, reward_model, method in sorted({key[:4] for key in by}):
+        pairs = [(key[5], by[key[:4] + (high,) + key[5:]] - v) for key, v in sorted(by.items())
+                 if key[:4] == (suite, split, reward_model, method) and key[4] == low and key[:4] + (high,) + key[5:] in by]
+        if not pairs:
+            continue
+        d = cluster_bootstrap([v for _, v in pairs], [p for p, _ in pairs])
+        at = {k: float(np.mean([by[key] for key in by if key[:5] == (suite, split, reward_model, method, k)
+                                and (key[5], key[6]) in {(p, key[6]) for p, _ in pairs}])) for k in (low, high)}
+        rows.append({"suite": suite, "split": split, "reward_model": reward_model, "method": method,
+                     f"judge_K{low}": at[low], f"judge_K{high}": at[high], "change": d.mean, "change_ci_low": d.low,
+                     "change_ci_high": d.high, "pairs": d.n, "prompts": d.clusters})
+    return rows
+
+
 def fmt_ci(r) -> str:
     return f"{r['judge']:.3f} [{r['judge_ci_low']:.2f}, {r['judge_ci_high']:.2f}]"
 
@@ -392,15 +414,24 @@ def plot(rows: list[dict], path: Path) -> None:
 def report(args) -> None:
     records, agreement = deduplicate([r for path in args.records_in for r in read_records(path)])
     rows = summarize(records)
+    falls = collapse(records)
     print(f"winners computed from pools and also run for real: {agreement['cells_with_both']} cells, the same "
           f"winner (reward within 0.05, same verdict) in {agreement['same_winner']}")
     atomic_write_json(args.out, {"rows": rows, "settings": {
         "steps": STEPS, "guidance_scale": 2.0, "eta": 1.0, "pool_size": POOL_SIZE,
         "records": [str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else p.name for p in args.records_in],
         "bootstrap": "95% percentile, 4000 resamples of prompts", "judge": "shapes.Judge()",
-        "pool_vs_run": agreement}})
+        "pool_vs_run": agreement}, "collapse_k8_to_k64": falls})
     plot(rows, args.out.with_suffix(".png"))
     print(markdown(rows))
+    if falls:
+        print("\n**Goodhart check**: judge at K = 64 minus at K = 8, same (prompt, seed) pairs, 95% CI\n")
+        print("| suite/split | reward | method | K=8 | K=64 | change | pairs (prompts) |")
+        print("|---|---|---|---|---|---|---|")
+        for r in falls:
+            print(f"| {r['suite']}/{r['split']} | {r['reward_model']} | {r['method']} | {r['judge_K8']:.3f} | "
+                  f"{r['judge_K64']:.3f} | {r['change']:+.3f} [{r['change_ci_low']:+.2f}, {r['change_ci_high']:+.2f}] | "
+                  f"{r['pairs']} ({r['prompts']}) |")
     print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
 
 

@@ -61,8 +61,9 @@ def assert_same_search(one: dict, other: dict, label: str) -> None:
     assert one["reward"] == pytest.approx(other["reward"], rel=1e-5), label
     assert np.abs(np.asarray(one["image"], float) - np.asarray(other["image"], float)).max() <= 1, label
     assert len(one["history"]) == len(other["history"]), label
-    # floats: ESS/weights (exp(lambda * reward)) and standardized preview rewards (particles) grow rounding
-    loose = {"rewards", "best_reward", "ess", "weights"}
+    # floats: rewards of a batch split differently (zero-order's pivot too), ESS/weights (exp(lambda * reward))
+    # and standardized preview rewards (particles) grow rounding
+    loose = {"rewards", "best_reward", "pivot_reward", "ess", "weights"}
     for a, b in zip(one["history"], other["history"]):
         assert set(a) == set(b), label
         for key in set(a) - loose:
