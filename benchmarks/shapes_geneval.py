@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from evosearch import SearchPipeline  # noqa: E402
 from evosearch.bundled import shapes  # noqa: E402
 from evosearch.evaluation import cluster_bootstrap, paired_difference  # noqa: E402
-from evosearch.io import atomic_path, atomic_write_json  # noqa: E402
+from evosearch.io import atomic_path, atomic_write_bytes, atomic_write_json  # noqa: E402
 from evosearch.judging import hacking_suspected  # noqa: E402
 from evosearch.registry import build_method, load_reward  # noqa: E402
 from shapes_pool import collect, load_pool, to_uint8  # noqa: E402
@@ -275,6 +275,7 @@ def summarize(records: list[dict]) -> list[dict]:
             ci = cluster_bootstrap([float(r["judge"]) for r in sel], [r["prompt"] for r in sel])
             row = {"suite": suite, "split": split, "reward_model": reward_model, "method": method, "K": k,
                    "category": category, "n": len(sel), "prompts": len({r["prompt"] for r in sel}),
+                   "seeds": sorted({int(r["seed"]) for r in sel}),
                    "nfe": float(np.mean([r["nfe"] for r in sel])),
                    "reward": float(np.nanmean([r["reward"] for r in sel])) if method != "oracle" else float("nan"),
                    "judge": ci.mean, "judge_ci_low": ci.low, "judge_ci_high": ci.high,
@@ -327,6 +328,24 @@ def collapse(records: list[dict], low: int = 8, high: int = 64) -> list[dict]:
     return rows
 
 
+def efficiency(records: list[dict], factor: int = 4) -> list[dict]:
+    """Each search method at K against best-of-N at ``factor`` * K on the same (prompt, seed) pairs,
+    with a 95% interval clustered by prompt: a difference >= 0 is ``factor`` x the compute efficiency."""
+    by = {(r["suite"], r["split"], r["reward_model"], r["method"], r["K"], r["prompt"], r["seed"]): float(r["judge"])
+          for r in records if r["method"] not in ("plain", "oracle")}
+    rows = []
+    for suite, split, reward_model, method, k in sorted({key[:5] for key in by if key[3] != "best-of-n"}):
+        pairs = [(key[5], v - by[(suite, split, reward_model, "best-of-n", factor * k) + key[5:]]) for key, v in by.items()
+                 if key[:5] == (suite, split, reward_model, method, k)
+                 and (suite, split, reward_model, "best-of-n", factor * k) + key[5:] in by]
+        if pairs:
+            d = cluster_bootstrap([v for _, v in pairs], [p for p, _ in pairs])
+            rows.append({"suite": suite, "split": split, "reward_model": reward_model, "method": method, "K": k,
+                         "bon_K": factor * k, "diff": d.mean, "diff_ci_low": d.low, "diff_ci_high": d.high,
+                         "pairs": d.n, "prompts": d.clusters})
+    return rows
+
+
 def fmt_ci(r) -> str:
     return f"{r['judge']:.3f} [{r['judge_ci_low']:.2f}, {r['judge_ci_high']:.2f}]"
 
@@ -338,28 +357,81 @@ def fmt_diff(r) -> str:
     return f"{r['diff_vs_bon']:+.3f} [{r['diff_ci_low']:+.2f}, {r['diff_ci_high']:+.2f}]{mark}"
 
 
+def fmt_seeds(seeds: list[int]) -> str:
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"seeds {seeds[0]}–{seeds[-1]}"
+    return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))
+
+
+DOC_KS = (4, 8, 16, 32, 64, 128)  # the columns of the docs' tables (docs/benchmarks.md)
+DOCS_RESULTS = ROOT / "docs" / "results"
+
+
+def panels(rows: list[dict]) -> dict:
+    """The overall rows per (suite, split, reward)."""
+    overall = [r for r in rows if r["category"] == "all"]
+    return {key: [r for r in overall if (r["suite"], r["split"], r["reward_model"]) == key]
+            for key in sorted({(r["suite"], r["split"], r["reward_model"]) for r in overall})}
+
+
+def method_lines(sel: list[dict], ks) -> dict[str, list[str]]:
+    """Table lines per method of one panel: judge [95% CI] per K (a cell on fewer seeds than the
+    panel says which), and for search methods the paired difference from best-of-N."""
+    cell = {(r["method"], r["K"]): r for r in sel}
+    seeds = max((r["seeds"] for r in sel), key=len)
+
+    def shown(r):
+        return fmt_ci(r) + (f" ({fmt_seeds(r['seeds'])})" if r["seeds"] != seeds else "")
+
+    lines = {}
+    for m in dict.fromkeys(r["method"] for r in sorted(sel, key=lambda r: r["method"] != "best-of-n")):
+        if m in ("plain", "oracle"):
+            lines[m] = [f"| {m} (K={r['K']}) | {shown(r)} |" + " |" * (len(ks) - 1) for r in sel if r["method"] == m]
+            continue
+        lines[m] = [f"| {m} | " + " | ".join(shown(cell[m, k]) if (m, k) in cell else "–" for k in ks) + " |"]
+        if m != "best-of-n":
+            lines[m].append(f"| {m} − best-of-n | " + " | ".join(fmt_diff(cell[m, k]) if (m, k) in cell else "–"
+                                                               for k in ks) + " |")
+    return lines
+
+
+def write_snippets(rows: list[dict], folder: Path = DOCS_RESULTS) -> list[Path]:
+    """Each method's rows of each test-split panel into ``folder/<method>.md`` (plain and oracle into
+    ``baselines.md``) between ``--8<-- [start:<suite>-<reward>]`` markers, replacing what was there:
+    the one place the docs take these numbers from (``docs/benchmarks.md`` and the method pages
+    include them)."""
+    import re
+
+    blocks = {}  # file -> snippet name -> lines
+    for (suite, split, reward_model), sel in panels(rows).items():
+        if split == "test":
+            for m, lines in method_lines(sel, DOC_KS).items():
+                file = folder / f"{'baselines' if m in ('plain', 'oracle') else m}.md"
+                blocks.setdefault(file, {}).setdefault(f"{suite}-{reward_model}", []).extend(lines)
+    for file, snippets in blocks.items():
+        text = file.read_text() if file.is_file() else ""
+        for name, lines in snippets.items():
+            start, end = f"<!-- --8<-- [start:{name}] -->\n", f"<!-- --8<-- [end:{name}] -->\n"
+            block = start + "\n".join(lines) + "\n" + end
+            pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+            text = pattern.sub(lambda _: block, text) if pattern.search(text) else text + block
+        atomic_write_bytes(file, text.encode())
+    return sorted(blocks)
+
+
 def markdown(rows: list[dict]) -> str:
     """Per suite/split/reward: judge [95% CI] per method x K, and the paired difference from best-of-N."""
     out = []
-    overall = [r for r in rows if r["category"] == "all"]
-    for suite, split, reward_model in sorted({(r["suite"], r["split"], r["reward_model"]) for r in overall}):
-        sel = [r for r in overall if (r["suite"], r["split"], r["reward_model"]) == (suite, split, reward_model)]
+    for (suite, split, reward_model), sel in panels(rows).items():
         ks = sorted({r["K"] for r in sel if r["method"] not in ("plain", "oracle")})
-        methods = list(dict.fromkeys(r["method"] for r in sorted(sel, key=lambda r: r["method"] != "best-of-n")))
-        cell = {(r["method"], r["K"]): r for r in sel}
+        seeds = max((r["seeds"] for r in sel), key=len)
         out.append(f"\n**{suite} suite, {split} split, reward {reward_model}** "
-                   f"({max(r['prompts'] for r in sel)} prompts)\n")
+                   f"({max(r['prompts'] for r in sel)} prompts, {fmt_seeds(seeds)})\n")
         out.append("| method | " + " | ".join(f"K={k}" for k in ks) + " |")
         out.append("|---|" + "---|" * len(ks))
-        for m in methods:
-            if m in ("plain", "oracle"):
-                r = next(r for r in sel if r["method"] == m)
-                out.append(f"| {m} (K={r['K']}) | {fmt_ci(r)} |" + " |" * (len(ks) - 1))
-                continue
-            out.append(f"| {m} | " + " | ".join(fmt_ci(cell[m, k]) if (m, k) in cell else "–" for k in ks) + " |")
-            if m != "best-of-n":
-                out.append(f"| {m} − best-of-n | " + " | ".join(fmt_diff(cell[m, k]) if (m, k) in cell else "–"
-                                                                 for k in ks) + " |")
+        for lines in method_lines(sel, ks).values():
+            out += lines
+    overall = [r for r in rows if r["category"] == "all"]
     fooled = [r for r in overall if r.get("warning_hit_rate") is not None or r.get("reward_vs_bon") is not None]
     if fooled:
         out.append("\n**How much each method is fooled** (paired with best-of-N at the same K: reward rise vs judge "
@@ -390,7 +462,10 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
     for ax, key in zip(axes[0], panels):
         sel = [r for r in overall if (r["suite"], r["split"], r["reward_model"]) == key]
+        seeds = max((r["seeds"] for r in sel), key=len)
         for m in dict.fromkeys(r["method"] for r in sel):
+            own = sorted({s for r in sel if r["method"] == m for s in r["seeds"]})
+            label = m + (f" ({fmt_seeds(own)})" if own != seeds else "")
             pts = sorted((r["nfe"], r["judge"], r["judge_ci_low"], r["judge_ci_high"]) for r in sel if r["method"] == m)
             x, y, lo, hi = map(np.asarray, zip(*pts))
             if m == "plain":
@@ -398,11 +473,12 @@ def plot(rows: list[dict], path: Path) -> None:
             elif m == "oracle":
                 ax.errorbar(x, y, [y - lo, hi - y], fmt="*", ms=12, color="gold", mec="k", label="oracle (judge picks)")
             else:
-                ax.errorbar(x * (1.03 if m != "best-of-n" else 1), y, [y - lo, hi - y], marker="o", capsize=3, label=m)
+                ax.errorbar(x * (1.03 if m != "best-of-n" else 1), y, [y - lo, hi - y], marker="o", capsize=3,
+                            label=label)
         ax.set_xscale("log")
         ax.set_xlabel("NFE per prompt (25 per trajectory)")
         ax.set_ylabel("judge accuracy of the winner (95% CI)")
-        ax.set_title(f"{key[0]} suite, {key[1]} split\nreward {key[2]}", fontsize=9)
+        ax.set_title(f"{key[0]} suite, {key[1]} split, {fmt_seeds(seeds)}\nreward {key[2]}", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -414,25 +490,40 @@ def plot(rows: list[dict], path: Path) -> None:
 def report(args) -> None:
     records, agreement = deduplicate([r for path in args.records_in for r in read_records(path)])
     rows = summarize(records)
-    falls = collapse(records)
+    falls = {high: collapse(records, 8, high) for high in (32, 64)}
+    efficient = efficiency(records, 2) + efficiency(records, 4)
     print(f"winners computed from pools and also run for real: {agreement['cells_with_both']} cells, the same "
           f"winner (reward within 0.05, same verdict) in {agreement['same_winner']}")
     atomic_write_json(args.out, {"rows": rows, "settings": {
         "steps": STEPS, "guidance_scale": 2.0, "eta": 1.0, "pool_size": POOL_SIZE,
         "records": [str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else p.name for p in args.records_in],
         "bootstrap": "95% percentile, 4000 resamples of prompts", "judge": "shapes.Judge()",
-        "pool_vs_run": agreement}, "collapse_k8_to_k64": falls})
+        "pool_vs_run": agreement}, **{f"collapse_k8_to_k{high}": rows_ for high, rows_ in falls.items()},
+        "vs_best_of_more": efficient})
     plot(rows, args.out.with_suffix(".png"))
     print(markdown(rows))
-    if falls:
-        print("\n**Goodhart check**: judge at K = 64 minus at K = 8, same (prompt, seed) pairs, 95% CI\n")
-        print("| suite/split | reward | method | K=8 | K=64 | change | pairs (prompts) |")
+    for high, rows_ in falls.items():
+        if not rows_:
+            continue
+        print(f"\n**Goodhart check**: judge at K = {high} minus at K = 8, same (prompt, seed) pairs, 95% CI\n")
+        print(f"| suite/split | reward | method | K=8 | K={high} | change | pairs (prompts) |")
         print("|---|---|---|---|---|---|---|")
-        for r in falls:
+        for r in rows_:
             print(f"| {r['suite']}/{r['split']} | {r['reward_model']} | {r['method']} | {r['judge_K8']:.3f} | "
-                  f"{r['judge_K64']:.3f} | {r['change']:+.3f} [{r['change_ci_low']:+.2f}, {r['change_ci_high']:+.2f}] | "
-                  f"{r['pairs']} ({r['prompts']}) |")
+                  f"{r[f'judge_K{high}']:.3f} | {r['change']:+.3f} [{r['change_ci_low']:+.2f}, "
+                  f"{r['change_ci_high']:+.2f}] | {r['pairs']} ({r['prompts']}) |")
+    if efficient:
+        print("\n**2x and 4x the compute efficiency?** Each method at K minus best-of-N at 2K and 4K, same (prompt, "
+              "seed) pairs, 95% CI\n")
+        print("| suite/split | reward | method | K | best-of-N at | difference | pairs (prompts) |")
+        print("|---|---|---|---|---|---|---|")
+        for r in efficient:
+            print(f"| {r['suite']}/{r['split']} | {r['reward_model']} | {r['method']} | {r['K']} | {r['bon_K']} | "
+                  f"{r['diff']:+.3f} [{r['diff_ci_low']:+.2f}, {r['diff_ci_high']:+.2f}] | {r['pairs']} ({r['prompts']}) |")
     print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+    if args.docs is not None:
+        print("docs rows:", ", ".join(str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p)
+                                      for p in write_snippets(rows, args.docs)))
 
 
 def main(argv=None):
@@ -467,6 +558,8 @@ def main(argv=None):
     p = sub.add_parser("report", help="paired tables, JSON and plot from records")
     p.add_argument("--records-in", type=Path, nargs="+", default=[RECORDS])
     p.add_argument("--out", type=Path, default=RESULTS / "shapes_geneval.json")
+    p.add_argument("--docs", type=Path, nargs="?", const=DOCS_RESULTS, default=None, metavar="FOLDER",
+                   help="also write each method's test-split rows into FOLDER/<method>.md (default: docs/results)")
     args = ap.parse_args(argv)
     {"run": run, "score": score, "report": report}[args.command](args)
 
