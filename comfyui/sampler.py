@@ -304,7 +304,8 @@ def run_search(model, positive, negative, latent_image, vae, reward, reward_prom
             break  # interrupted: the later latents are not searched
     if len(outs) < samples.shape[0] or not outs[-1].complete:
         spent = sum(o.stats.nfe for o in outs) + unscored_nfe
-        previews = [f"latent {k}: an x0 preview at step {o.preview.step}" for k, o in enumerate(outs) if o.best is None]
+        previews = [f"latent {k}: an x0 preview at step {o.preview.step + 1}" for k, o in enumerate(outs)
+                    if o.best is None]
         logging.info("[evosearch] interrupted after %d NFE (%d of %d latents with a result): %s", spent, len(outs),
                      samples.shape[0], "aborting" if on_interrupt == "abort" or not outs else
                      "returning the best samples so far" + (f" ({'; '.join(previews)})" if previews else ""))

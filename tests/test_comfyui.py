@@ -1130,7 +1130,7 @@ def test_cancel_before_the_first_wave_returns_the_best_x0_preview(fake_comfy, ca
     assert f"best x0 preview reward {rec['preview']['reward']:.4g} at step 2 of 6, best of 4 previews" in summary
     said = [r.getMessage() for r in caplog.records if "interrupted after" in r.getMessage()]
     assert said and said[0].startswith("[evosearch] interrupted after 8 NFE (1 of 1 latents with a result)")
-    assert "x0 preview at step 1" in said[0]
+    assert "latent 0: an x0 preview at step 2" in said[0]  # 1-based, as the summary says
 
 
 def test_cancel_before_the_first_wave_logs_the_nfe_spent(fake_comfy, caplog):

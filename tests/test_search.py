@@ -190,6 +190,11 @@ def test_a_stop_before_anything_was_scored_keeps_the_best_x0_preview(pixel_pipe,
     assert out.to_record()["preview"] == {"reward": p.reward, "step": p.step, "rows": 4}
     done = search(pixel_pipe, brightness, BestOfN(n=8))("", seed=0, num_inference_steps=STEPS, progress=False)
     assert done.preview is None and done.to_record()["preview"] is None
+    # micro-batches of 16: at most 8 previews are decoded and scored, so that a stop stays quick
+    calls["n"] = 0
+    wide = search(pixel_pipe, brightness, BestOfN(n=16), max_batch_size=16)("", seed=0, num_inference_steps=STEPS,
+                                                                            stop=stop, progress=False)
+    assert wide.best is None and wide.preview.rows == wide.stats.reward_calls == wide.stats.decode_calls == 8
 
 
 def test_keyboard_interrupt_from_reward_keeps_best(pixel_pipe):

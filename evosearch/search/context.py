@@ -89,6 +89,8 @@ class SearchContext:
 
     #: plain samples of generation 0 kept for the judge's "plain" verdict
     plain_samples = 8
+    #: x0 previews decoded and scored at most when a stop comes before any sample was scored
+    preview_rows = 8
 
     def __init__(self, stepper, reward, prompt, seed: int, nfe_budget: int | None = None,
                  callback: Callable[[SearchEvent], None] | None = None, stop: Callable[[], bool] | None = None,
@@ -358,11 +360,12 @@ class SearchContext:
 
     def keep_preview(self) -> None:
         """After a stop before any sample was scored: decode and score the x0 estimates of the Stepper's
-        latest micro-batch (no NFE) and keep the best as :attr:`preview`. One process only."""
+        latest micro-batch (no NFE; at most :attr:`preview_rows` of them, so that a stop stays quick) and
+        keep the best as :attr:`preview`. One process only."""
         held = getattr(self.stepper, "last_x0", None)
         if self.best is not None or self.dist is not None or held is None or held is self._x0_before:
             return
-        step, x0 = held
+        step, x0 = held[0], held[1][: self.preview_rows]
         with self.timed("decode"):
             images = self.stepper.finish(x0)
         rewards = self.score(images)
