@@ -276,6 +276,38 @@ def test_x0_previews_show_while_the_first_generation_denoises(tmp_path, monkeypa
     assert not Path(final[1]).stem.startswith("plain_x0_")  # the scored plain sample replaced its preview
 
 
+def test_x0_previews_take_at_most_a_fifth_of_the_time_and_stop_once_scored():
+    """A slow decoder (video VAEs) previews less often: decoding stays under a fifth of the wall time."""
+    import types
+
+    import torch
+
+    from evosearch.apps.gradio_app.runner import X0Previewer
+
+    class SlowStepper:
+        num_steps, last_x0 = 10, None
+
+        def finish(self, x0):
+            time.sleep(0.05)
+            return x0
+
+    stepper, got = SlowStepper(), []
+    previewer = X0Previewer(stepper, got.append, interval=0.0)
+    progress = types.SimpleNamespace(type="progress", nfe=4)
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < 1.0:
+        stepper.last_x0 = (3, torch.zeros(4, 3, 2, 2))  # a new micro-batch
+        previewer(progress)
+        time.sleep(0.005)
+    shown = [e for e in got if e.type == "x0"]
+    assert 2 <= len(shown) <= 5 and shown[0].step == 3 and shown[0].steps == 10
+    previewer(types.SimpleNamespace(type="generation", nfe=8))
+    time.sleep(0.3)
+    stepper.last_x0 = (4, torch.zeros(4, 3, 2, 2))
+    previewer(progress)
+    assert [e for e in got if e.type == "x0"] == shown  # none once a sample is scored
+
+
 def test_best_of_n_with_a_weighted_ensemble_and_a_random_seed(client):
     status, plain, best, plot, verdict, gallery, record_file, seed = client.predict(
         *run_args(method="best-of-n", population=4, nfe_budget=40, steps=10, rewards=("digits", "ink"),

@@ -44,24 +44,25 @@ class X0Preview:
 
 
 class X0Previewer:
-    """A search callback's helper: after a micro-batch, at most every ``interval`` seconds and only
+    """A search callback's helper: after a micro-batch, at most every ``interval`` seconds (and with
+    decoding at most a fifth of the time: slow decoders, such as video VAEs, preview less often), only
     until the first sample is scored, decodes the Stepper's ``last_x0`` (up to ``rows`` of it) and
     hands it to ``put``. A preview that fails to decode is skipped: it never stops the search."""
 
     def __init__(self, stepper, put, interval: float, rows: int = PLAIN_SAMPLES):
         self.stepper, self.put, self.interval, self.rows = stepper, put, interval, rows
         self.seen = getattr(stepper, "last_x0", None)  # a previous run's: not this one's
-        self.scored, self.last = False, 0.0
+        self.scored, self.next = False, 0.0
 
     def __call__(self, event) -> None:
         self.put(event)
         self.scored = self.scored or event.type in ("generation", "preview")
-        if self.scored or event.type != "progress" or time.perf_counter() - self.last < self.interval:
+        if self.scored or event.type != "progress" or time.perf_counter() < self.next:
             return
         held = getattr(self.stepper, "last_x0", None)
         if held is None or held is self.seen:
             return
-        self.seen, self.last = held, time.perf_counter()
+        self.seen, t0 = held, time.perf_counter()
         step, x0 = held
         try:
             images = self.stepper.finish(x0[: self.rows])
@@ -69,6 +70,8 @@ class X0Previewer:
             logger.warning("x0 preview skipped: %s", views.one_line(f"{type(err).__name__}: {err}"))
             self.scored = True
             return
+        now = time.perf_counter()
+        self.next = now + max(self.interval, 4 * (now - t0))
         self.put(X0Preview(images, int(step), int(self.stepper.num_steps), int(event.nfe)))
 #: an output the page leaves as it is (the previous run's results stay until a new run is accepted)
 KEEP = object()
