@@ -9,7 +9,8 @@ about a second with a message naming the input, never after minutes of sampling:
   searched on its own;
 * the sigmas of ``steps``, ``scheduler`` and ``denoise``, taken from ComfyUI's own
   ``KSampler`` so that partial denoising starts exactly where the stock KSampler starts;
-* the reward prompt, by scoring one blank image with the reward.
+* the reward prompt (empty: the positive prompt's text, read from the workflow), by scoring one
+  blank image with the reward.
 """
 
 from __future__ import annotations
@@ -123,6 +124,53 @@ def max_denoise(model_sampling, sigmas: torch.Tensor, flow: bool) -> bool:
     return math.isclose(sigma_max, float(sigmas[0]), rel_tol=1e-5) or float(sigmas[0]) > sigma_max
 
 
+#: inputs of text encoder nodes that hold the prompt text, in the order they are tried
+TEXT_INPUTS = ("text", "text_g", "t5xxl", "prompt")
+#: inputs of string nodes (primitives) a text input may be linked to
+STRING_INPUTS = ("value", "text", "string")
+
+
+def conditioning_text(graph, node_id, input_name: str = "positive", depth: int = 16) -> tuple[str, str] | None:
+    """(text, where) of the text encoder that feeds ``input_name`` of node ``node_id`` in ComfyUI's prompt
+    graph (the hidden ``PROMPT`` input): links are followed back through nodes' ``conditioning`` inputs to
+    a node with its text in the workflow (CLIP Text Encode), or to a string node linked to its text input.
+    None when the text is not in the graph (computed by a node, or no graph)."""
+    if not isinstance(graph, dict):
+        return None
+    link = (graph.get(str(node_id)) or {}).get("inputs", {}).get(input_name)
+    for _ in range(depth):
+        if not (isinstance(link, list) and len(link) == 2):
+            return None
+        source = graph.get(str(link[0])) or {}
+        inputs = source.get("inputs", {})
+        where = f"node {link[0]} ({source.get('class_type', '?')})"
+        for key in TEXT_INPUTS:
+            value = inputs.get(key)
+            if isinstance(value, list) and len(value) == 2:  # linked to a string node
+                strings = (graph.get(str(value[0])) or {}).get("inputs", {})
+                value = next((strings[k] for k in STRING_INPUTS if isinstance(strings.get(k), str)), None)
+            if isinstance(value, str) and value.strip():
+                return value, where
+        link = inputs.get("conditioning")
+    return None
+
+
+def resolve_reward_prompt(reward_prompt, graph=None, node_id=None) -> tuple[str, str]:
+    """(the text the reward scores against, where it came from): ``reward_prompt`` itself, or when it is
+    empty the positive conditioning's text (see :func:`conditioning_text`)."""
+    if not isinstance(reward_prompt, str):
+        raise ParameterError(f"reward_prompt: must be a string, got {describe(reward_prompt)}")
+    if reward_prompt.strip():
+        return reward_prompt, "reward_prompt"
+    found = conditioning_text(graph, node_id)
+    if found is None:
+        raise ParameterError("reward_prompt: is empty, and the text of the positive conditioning is not in the "
+                             "workflow (it does not come from a CLIP Text Encode node with its text typed in); type "
+                             "the text the reward should score into reward_prompt")
+    text, where = found
+    return text, f"the positive conditioning's text ({where})"
+
+
 def check_reward_prompt(reward, prompt) -> None:
     """Score one blank image with ``prompt`` before any sampling: a reward that cannot use the prompt
     (the digit classifier asked for "a cat") fails now, naming ``reward_prompt``."""
@@ -137,4 +185,5 @@ def check_reward_prompt(reward, prompt) -> None:
 
 
 __all__ = ["CATEGORY", "REWARD_TYPE", "method_choices", "FALLBACK_SCHEDULERS", "scheduler_names", "method_tooltip", "population_tooltip",
-           "search_method", "check_latent", "search_sigmas", "check_sigmas", "max_denoise", "check_reward_prompt"]
+           "search_method", "check_latent", "search_sigmas", "check_sigmas", "max_denoise", "check_reward_prompt",
+           "conditioning_text", "resolve_reward_prompt"]

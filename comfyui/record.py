@@ -55,7 +55,14 @@ def record_summary(record: dict) -> str:
         prefix = f"latent {k}: " if len(items) > 1 else ""
         stats = rec.get("stats", {})
         state = "complete" if rec.get("complete") else f"stopped early: {stats.get('stopped') or 'interrupted'}"
-        lines.append(f"{prefix}best reward {_number(rec.get('best_reward'))} ({state})")
+        preview = rec.get("preview")
+        if rec.get("best_reward") is None and preview:
+            steps = rec.get("settings", {}).get("request", {}).get("num_inference_steps")
+            lines.append(f"{prefix}best x0 preview reward {_number(preview.get('reward'))} at step "
+                         f"{preview.get('step', 0) + 1} of {steps}, best of {preview.get('rows')} previews "
+                         f"(no sample finished; {state})")
+        else:
+            lines.append(f"{prefix}best reward {_number(rec.get('best_reward'))} ({state})")
         lines.append(f"{prefix}NFE {stats.get('nfe')} of {stats.get('planned_nfe')} planned "
                      f"(budget {stats.get('nfe_budget')}), {stats.get('reward_calls')} samples scored")
         lines.append(prefix + judge_line(rec.get("judge")))

@@ -19,6 +19,8 @@ module imports without ComfyUI):
 
 A batch of B latents is searched latent by latent (B searches, each with the whole
 ``nfe_budget``; latent k with seed ``seed + k``), and the outputs are stacked in the same order.
+The seed is KSampler's noise seed: each search's first candidate starts from the noise the stock
+KSampler draws for it (``comfy.sample.prepare_noise``).
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ import torch
 from evosearch.core.validation import ParameterError, check_choice, check_int, check_number, describe
 
 from .inputs import (CATEGORY, REWARD_TYPE, check_latent, check_reward_prompt, check_sigmas, max_denoise,
-                     method_choices, method_tooltip, population_tooltip, scheduler_names, search_method,
-                     search_sigmas)
+                     method_choices, method_tooltip, population_tooltip, resolve_reward_prompt, scheduler_names,
+                     search_method, search_sigmas)
 from .progress import BestLatentTracker, ComfyProgress
 from .record import record_json
 
@@ -89,7 +91,7 @@ class EvoSearchSampler:
     at one step) on candidates, scores the decoded candidates with the reward and returns the
     best, the final population as a grid, and a JSON record (settings, NFE and reward calls,
     rewards per generation, the winner's lineage, the judge's verdict). One ``seed`` fixes every
-    random number.
+    random number; it is KSampler's noise seed for the first candidate.
     """
 
     CATEGORY = CATEGORY
@@ -117,16 +119,19 @@ class EvoSearchSampler:
                 "vae": ("VAE", {"tooltip": "Decodes candidates for the reward."}),
                 "reward": (REWARD_TYPE, {"tooltip": "What the search maximises (an evosearch reward loader)."}),
                 "reward_prompt": ("STRING", {"multiline": True, "default": "",
-                                             "tooltip": "The text the reward scores against (usually the positive "
-                                                        "prompt; 'digit 3' for the digit classifier). Checked with "
-                                                        "the reward before sampling."}),
+                                             "tooltip": "The text the reward scores against. Empty: the positive "
+                                                        "prompt's text (from the CLIP Text Encode node feeding "
+                                                        "positive). 'digit 3' for the digit classifier. Checked "
+                                                        "with the reward before sampling."}),
                 "method": (list(method_choices()), {"default": "evosearch", "tooltip": method_tooltip()}),
                 "nfe_budget": ("INT", {"default": 200, "min": 1, "max": 1_000_000,
                                        "tooltip": "Denoiser evaluations to spend per latent (samples x steps); "
                                                   "never exceeded."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                                 "tooltip": "Fixes every random number of the search (latent k of a batch: "
-                                            "seed + k)."}),
+                                 "tooltip": "KSampler's noise seed: the first candidate starts from the noise KSampler "
+                                            "draws for it (population 1 at eta 0 gives KSampler's euler image); "
+                                            "it also fixes every other random number of the search (latent k of "
+                                            "a batch: seed + k)."}),
                 "steps": ("INT", {"default": 20, "min": 1, "max": 10000,
                                   "tooltip": "Denoising steps of each candidate (as KSampler's steps)."}),
                 "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
@@ -156,25 +161,33 @@ class EvoSearchSampler:
                                                    "verdict on the best and on plain samples goes into the record "
                                                    "(and warns when the reward rose but the judge's score fell)."}),
             },
+            "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},
         }
 
     def sample(self, model, positive, negative, latent_image, vae, reward, reward_prompt, method, nfe_budget, seed,
                steps, cfg, scheduler, eta, denoise=1.0, population=0, mutation_rate=0.2, max_batch_size=8,
-               on_interrupt=ON_INTERRUPT[0], judge=None):
+               on_interrupt=ON_INTERRUPT[0], judge=None, prompt=None, unique_id=None):
+        reward_prompt, source = resolve_reward_prompt(reward_prompt, prompt, unique_id)
         outs, latents, info = run_search(model, positive, negative, latent_image, vae, reward, reward_prompt,
                                          method=method, nfe_budget=nfe_budget, seed=seed, steps=steps, cfg=cfg,
                                          scheduler=scheduler, eta=eta, denoise=denoise, population=population,
                                          mutation_rate=mutation_rate, max_batch_size=max_batch_size,
                                          on_interrupt=on_interrupt, judge=judge)
+        info["reward_prompt_from"] = source
         if len(outs) == 1 and info["batch_size"] == 1:
             record = outs[0].to_record()
         else:
             record = {"complete": len(outs) == info["batch_size"] and all(o.complete for o in outs),
                       "batch_size": info["batch_size"], "items": [o.to_record() for o in outs]}
         record["comfyui"] = info
-        best = bchw_to_comfy(torch.stack([o.best.image for o in outs]))
-        grids = bchw_to_comfy(stack_padded([image_grid(o.images) for o in outs]))
+        best = bchw_to_comfy(torch.stack([best_image(o) for o in outs]))
+        grids = bchw_to_comfy(stack_padded([image_grid(o.images if o.best else best_image(o)[None]) for o in outs]))
         return ({"samples": latents}, best, grids, record_json(record))
+
+
+def best_image(out) -> torch.Tensor:
+    """The best sample of a search, or its best x0 preview when Cancel came before any sample was scored."""
+    return out.best.image if out.best is not None else out.preview.image
 
 
 def model_name_of(model) -> str:
@@ -263,13 +276,16 @@ def run_search(model, positive, negative, latent_image, vae, reward, reward_prom
                 a0 = 1.0 - float(k_sigmas[0]) if flow else 1.0
                 init = x[:1] / a0 if a0 > 0 else None
             stepper.set_init_latent(init)
-            out = search(reward_prompt, seed=seed + k, num_inference_steps=stepper.default_num_inference_steps,
-                         guidance_scale=cfg, nfe_budget=nfe_budget, output_type="pt", callback=progress.callback,
-                         stop=progress.stop, progress=False, scheduler=scheduler, sampling="flow" if flow else "ve",
-                         model=name, denoise=float(denoise))
+            out = search(reward_prompt, seed=seed + k, first_noise_seed=seed + k,
+                         num_inference_steps=stepper.default_num_inference_steps, guidance_scale=cfg,
+                         nfe_budget=nfe_budget, output_type="pt", callback=progress.callback, stop=progress.stop,
+                         progress=False, scheduler=scheduler, sampling="flow" if flow else "ve", model=name,
+                         denoise=float(denoise))
             done["out"] = out
             if out.best is None or tracker.latent is None:
-                raise _NothingScored()
+                if out.preview is None or on_interrupt == "abort":
+                    raise _NothingScored()
+                return out.preview.latent.to(x.device, x.dtype)  # the best x0 preview of the rows in hand
             return tracker.latent.to(x.device, x.dtype)
 
         noise = torch.zeros((batch, *item.shape[1:]), dtype=torch.float32)
@@ -288,9 +304,11 @@ def run_search(model, positive, negative, latent_image, vae, reward, reward_prom
             break  # interrupted: the later latents are not searched
     if len(outs) < samples.shape[0] or not outs[-1].complete:
         spent = sum(o.stats.nfe for o in outs) + unscored_nfe
+        previews = [f"latent {k}: an x0 preview at step {o.preview.step + 1}" for k, o in enumerate(outs)
+                    if o.best is None]
         logging.info("[evosearch] interrupted after %d NFE (%d of %d latents with a result): %s", spent, len(outs),
                      samples.shape[0], "aborting" if on_interrupt == "abort" or not outs else
-                     "returning the best samples so far")
+                     "returning the best samples so far" + (f" ({'; '.join(previews)})" if previews else ""))
         if on_interrupt == "abort" or not outs:
             mm.interrupt_current_processing(True)
             mm.throw_exception_if_processing_interrupted()

@@ -126,7 +126,7 @@ def example(method: str) -> dict:
     cpu = method == CPU_EXAMPLE
     settings = dict(CPU_SETTINGS if cpu else METHOD_SETTINGS[method])
     sampler_inputs = {"model": (1, 0), "positive": (2, 0), "negative": (3, 0), "latent_image": (4, 0),
-                      "vae": (1, 2), "reward": (5, 0), "reward_prompt": PROMPT, "method": method, "seed": 0,
+                      "vae": (1, 2), "reward": (5, 0), "reward_prompt": "", "method": method, "seed": 0,
                       "steps": 20, "cfg": 7.0, "scheduler": "karras", **settings}
     reward = ({"id": 5, "type": "EvoSearchImageStatReward", "pos": (400, 550), "size": (320, 90),
                "inputs": {"statistic": "contrast", "direction": "maximize"}} if cpu else

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from .core.lineage import Lineage, replay
-from .core.records import Plan, SearchEvent, SearchStats
+from .core.records import Plan, Preview, SearchEvent, SearchStats
 from .core.stepper import check_capabilities
 from .core.validation import ParameterError, check_choice, check_int, describe
 from .judging import JudgeReport, as_judge, judge_output
@@ -68,7 +68,9 @@ class SearchPipelineOutput:
     generation or wave); ``complete`` is False after an interrupt or error; ``judge`` the held-out
     judge's report (``{"best", "plain", "population"}``, None without a judge); ``warnings``
     (e.g. "reward hacking suspected: ..."); ``plain``: plain samples of the first generation
-    (unselected, so they cost no extra NFE), in the output type.
+    (unselected, so they cost no extra NFE), in the output type. ``preview``: when a stop came
+    before any sample was scored (``best`` None), the best x0 preview of the rows in hand
+    (:class:`~evosearch.core.records.Preview`, its image in the output type), else None.
 
     Video models: ``videos`` holds the population's videos in the same order — for
     ``output_type="pil"`` one list of PIL frames per video, for ``"np"`` an array
@@ -87,6 +89,7 @@ class SearchPipelineOutput:
     warnings: list[str] = field(default_factory=list)
     plain: Any = None
     plain_rewards: list[float] = field(default_factory=list)
+    preview: Preview | None = None
 
     def to_record(self) -> dict:
         """A JSON-serialisable record (no images)."""
@@ -94,7 +97,8 @@ class SearchPipelineOutput:
                 "settings": self.settings, "stats": self.stats.to_dict(),
                 "lineage": None if self.best is None else self.best.lineage.to_dict(),
                 "rewards": self.rewards, "plain_rewards": self.plain_rewards, "judge": self.judge,
-                "warnings": self.warnings, "history": [h.to_dict() for h in self.history]}
+                "warnings": self.warnings, "history": [h.to_dict() for h in self.history],
+                "preview": None if self.preview is None else self.preview.to_dict()}
 
 
 def check_method(method, name: str = "method") -> SearchMethod:
@@ -215,9 +219,13 @@ class SearchPipeline:
                  guidance_scale: float | None = None, nfe_budget: int | None = None, negative_prompt=None,
                  height: int | None = None, width: int | None = None, output_type: str = "pil",
                  callback: Callable | None = None, stop: Callable[[], bool] | None = None,
-                 progress: bool = True, method=None, early_stop: EarlyStop | None = None, **extra):
+                 progress: bool = True, method=None, early_stop: EarlyStop | None = None,
+                 first_noise_seed: int | None = None, **extra):
         """Search for one prompt (returns a SearchPipelineOutput) or a list of prompts with a
         list of seeds of the same length (returns a list of outputs).
+
+        ``first_noise_seed``: the initial-noise seed of the first candidate (ComfyUI: KSampler's noise
+        seed, so that a search of one candidate samples as the stock sampler); None: drawn from ``seed``.
 
         ``extra`` keyword arguments go to the Stepper's ``prepare`` and are recorded in each
         lineage's request: ``num_frames`` (video models), ``num_segments`` (segment models),
@@ -230,11 +238,12 @@ class SearchPipeline:
             return [self(p, seed=s, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                          nfe_budget=nfe_budget, negative_prompt=negative_prompt, height=height, width=width,
                          output_type=output_type, callback=callback, stop=stop, progress=progress, method=method,
-                         early_stop=early_stop, **extra)
+                         early_stop=early_stop, first_noise_seed=first_noise_seed, **extra)
                     for p, s in zip(prompt, seeds)]
         if isinstance(seed, (list, tuple)):
             raise ParameterError("seed: a list of seeds needs a list of prompts of the same length, got one prompt")
         check_int("seed", seed, lo=0, hi=2 ** 64 - 1)
+        check_int("first_noise_seed", first_noise_seed, lo=0, hi=2 ** 64 - 1, allow_none=True)
         check_int("nfe_budget", nfe_budget, lo=1, allow_none=True)
         check_choice("output_type", output_type, OUTPUT_TYPES)
         for name, fn in (("callback", callback), ("stop", stop)):
@@ -256,7 +265,7 @@ class SearchPipeline:
                 check_same_request(self.dist, method, prompt, seed, nfe_budget, plan)
             run = SearchRun(self.stepper, self.reward, prompt, int(seed), nfe_budget=nfe_budget, callback=callback,
                             stop=stop, progress=progress, planned_nfe=plan.nfe, early_stop=early_stop,
-                            judge=self.judge, dist=self.dist)
+                            judge=self.judge, dist=self.dist, first_seed=first_noise_seed)
             run.plan = plan
             complete, failure = True, None
             try:
@@ -265,6 +274,11 @@ class SearchPipeline:
             except (SearchInterrupted, KeyboardInterrupt) as err:
                 run.announce(err)  # distributed: every rank stops at its next sync
                 complete, run.stats.stopped = False, "interrupted"
+                if isinstance(err, SearchInterrupted):
+                    try:
+                        run.keep_preview()
+                    except Exception as preview_err:  # the search was stopped: no preview, and say why
+                        run.preview_error = f"no x0 preview: {type(preview_err).__name__}: {preview_err}"
             except SearchStopped as stopped:
                 run.stats.stopped = stopped.reason
             except Exception as err:  # a user's reward or callback, or a bug: keep the best so far
@@ -304,6 +318,8 @@ class SearchPipeline:
         settings = {"request": run.request, "seed": int(seed), "nfe_budget": nfe_budget, "method": method.config(),
                     "plan": None if run.plan is None else run.plan.to_dict(), "max_batch_size": self.max_batch_size,
                     "reward": repr(self.reward), "pipeline": type(self.pipe).__name__, "family": self.stepper.family}
+        if run.first_seed is not None:
+            settings["first_noise_seed"] = int(run.first_seed)
         is_video = bool(ranked) and ranked[0].image.ndim == 4  # candidates hold (F, 3, H, W) videos
         videos = None
         if is_video:
@@ -326,11 +342,20 @@ class SearchPipeline:
             plain = convert_images(frames, output_type)
         report: JudgeReport = judge_output(self.judge, run, ranked)
         note = None if run.plan is None else run.plan.details.get("note")
+        notes = [n for n in (note, run.preview_error) if n]
         return SearchPipelineOutput(images=images, rewards=[c.reward for c in ranked], best=best, stats=run.stats,
                                     history=list(run.history), complete=complete, settings=settings, videos=videos,
-                                    judge=report.verdicts, warnings=([note] if note else []) + report.warnings,
-                                    plain=plain,
-                                    plain_rewards=[c.reward for c in run.plain])
+                                    judge=report.verdicts, warnings=notes + report.warnings,
+                                    plain=plain, plain_rewards=[c.reward for c in run.plain],
+                                    preview=self._preview(run, output_type))
+
+    @staticmethod
+    def _preview(run: SearchRun, output_type: str) -> Preview | None:
+        p = run.preview
+        if p is None:
+            return None
+        frame = p.image if p.image.ndim == 3 else p.image[0]
+        return replace(p, image=convert_images(frame[None], output_type)[0])
 
     @torch.no_grad()
     def replay_states(self, lineage: Lineage | dict):

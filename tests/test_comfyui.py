@@ -303,7 +303,8 @@ def test_node_mappings_and_interfaces():
         spec = cls.INPUT_TYPES()
         assert set(spec) <= {"required", "optional", "hidden"} and spec["required"], name
         assert cls.DESCRIPTION and cls.CATEGORY.startswith("sampling/evosearch"), name
-        for section in spec.values():
+        assert set(spec.get("hidden", {}).values()) <= {"PROMPT", "UNIQUE_ID"}, name
+        for section in (v for k, v in spec.items() if k != "hidden"):
             for key, entry in section.items():
                 assert isinstance(entry, tuple) and len(entry) == 2, (name, key)
                 assert isinstance(entry[0], (str, list)) and isinstance(entry[1], dict), (name, key)
@@ -413,7 +414,7 @@ def test_example_workflows_one_per_method():
         names = [k for s in ("required", "optional") for k, e in spec[s].items() if workflows._is_widget(e)]
         values = list(sampler["widgets_values"])
         values.pop(names.index("seed") + 1)  # the editor's "control after generate" value
-        assert values[0] == workflows.PROMPT and len(values) == len(names)
+        assert values[0] == "" and len(values) == len(names)  # reward_prompt: the positive prompt's text
         widgets = dict(zip(names, values))
         settings = workflows.CPU_SETTINGS if cpu else workflows.METHOD_SETTINGS[method]
         assert widgets["method"] == (settings["method"] if cpu else method)
@@ -476,6 +477,7 @@ class FakeModel:
     def __init__(self, sampling="eps", interrupt_after=None, mm=None, record_inputs=False):
         self.model_sampling = FakeEPS() if sampling == "eps" else FakeCONST()
         self.inputs = [] if record_inputs else None  # (x, sigma) of every call
+        self.outputs = []  # with record_inputs: the denoised x0 of every call
         self.latent_format = FakeLatentFormat()
         self.model = types.SimpleNamespace()  # the BaseModel; its class name goes into the record
         self.load_device = torch.device("cpu")
@@ -501,7 +503,10 @@ class FakeModel:
             self.mm.interrupt_current_processing(True)  # as if Cancel was pressed now
         cond = self.posterior_mean(x, sigma, conds["positive"][0][0])
         uncond = self.posterior_mean(x, sigma, conds["negative"][0][0])
-        return uncond + cfg * (cond - uncond)
+        out = uncond + cfg * (cond - uncond)
+        if self.inputs is not None:
+            self.outputs.append(out.detach().clone())
+        return out
 
 
 class FakeVAE:
@@ -804,6 +809,27 @@ def test_sampler_node_is_deterministic_in_the_seed(fake_comfy):
     assert a[2]["rewards"] != c[2]["rewards"]
 
 
+@pytest.mark.parametrize("sampling", ["eps", "const"])
+def test_seed_is_ksamplers_noise_seed(fake_comfy, sampling):
+    """Issue 18 (defect 15): the first candidate starts from the noise the stock KSampler draws for the
+    node's seed (comfy.sample.prepare_noise: torch.manual_seed(seed), then randn of the latent's size),
+    so a search of one candidate at eta 0 is KSampler's euler sample; reproducing it needs no lineage."""
+    seed, shape = 123456789, (1, 4, 4, 4)
+    model = FakeModel(sampling=sampling, record_inputs=True)
+    (_, _, _, rec), _ = run_node(model, latent_shape=shape, method="best-of-n", population=1, nfe_budget=6, steps=6,
+                                 eta=0.0, seed=seed)
+    rec = json.loads(rec)
+    assert rec["lineage"]["events"][0]["seed"] == seed and rec["settings"]["first_noise_seed"] == seed
+    ksampler_noise = torch.randn(shape, generator=torch.manual_seed(seed))  # comfy.sample.prepare_noise
+    x, sigma = model.inputs[0]
+    s0 = float(sigma[0])
+    scale = math.sqrt(1.0 + s0 ** 2) if sampling == "eps" else s0  # max-denoise VE start; flow: sigma_0 noise
+    assert torch.allclose(x, scale * ksampler_noise, atol=1e-5)
+    # the other candidates of a bigger search come from the seed too, each its own
+    (_, _, _, rec), _ = run_node(FakeModel(), method="best-of-n", population=4, nfe_budget=24, steps=6, seed=seed)
+    assert len({h for h in json.loads(rec)["history"][0]["rewards"]}) == 4
+
+
 @pytest.mark.parametrize("method,population,budget", [("best-of-n", 3, 18), ("zero-order", 2, 30), ("paths", 0, 60),
                                                       ("particles", 3, 30), ("evosearch", 0, 60)])
 def test_sampler_node_runs_every_method(fake_comfy, method, population, budget):
@@ -929,14 +955,16 @@ def test_batch_progress_and_interrupt(fake_comfy):
     assert fake_comfy.mm.state["interrupted"] is False
     summary = pack_module("record").record_summary(rec)
     assert "latent 1: best reward" in summary and "1 latent(s) of the batch not searched" in summary
-    # Cancel before latent 1 scored anything: latent 0's result comes back alone
+    # Cancel before latent 1 scored anything: latent 0's result and latent 1's best x0 preview come back
     model = FakeModel(interrupt_after=15, mm=fake_comfy.mm)
     (latent, _, _, rec), _ = run_node(model, latent=latents, method="best-of-n", population=6, nfe_budget=36,
                                       steps=6, max_batch_size=3)
     rec = json.loads(rec)
-    assert latent["samples"].shape[0] == 1 and len(rec["items"]) == 1 and rec["items"][0]["complete"]
-    assert rec["complete"] is False and "2 latent(s) of the batch not searched" in pack_module(
-        "record").record_summary(rec)
+    assert latent["samples"].shape[0] == 2 and len(rec["items"]) == 2 and rec["items"][0]["complete"]
+    assert rec["items"][1]["best_reward"] is None and rec["items"][1]["preview"]["step"] == 2
+    summary = pack_module("record").record_summary(rec)
+    assert rec["complete"] is False and "1 latent(s) of the batch not searched" in summary
+    assert "latent 1: best x0 preview reward" in summary
 
 
 def test_video_latents_are_refused_before_sampling(fake_comfy):
@@ -978,6 +1006,53 @@ def test_reward_prompt_is_checked_before_sampling(fake_comfy):
     (_, _, _, rec), _ = run_node(model, reward=FunctionReward(digit_reward, name="digits"), reward_prompt="digit 3",
                                  method="best-of-n", nfe_budget=12, steps=6)
     assert json.loads(rec)["best_reward"] == 3.0
+
+
+def text_graph(text_node: dict, extra: dict | None = None) -> dict:
+    """A prompt graph (ComfyUI's hidden PROMPT) whose sampler (node 8) takes positive from node 2."""
+    return {"2": text_node, **(extra or {}),
+            "8": {"class_type": "EvoSearchSampler", "inputs": {"positive": ["6", 0] if extra else ["2", 0]}}}
+
+
+def test_conditioning_text_follows_the_workflow_to_the_prompt():
+    text_of = pack_module("inputs").conditioning_text
+    encode = {"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox", "clip": ["1", 1]}}
+    assert text_of(text_graph(encode), "8") == ("a red fox", "node 2 (CLIPTextEncode)")
+    area = {"6": {"class_type": "ConditioningSetArea", "inputs": {"conditioning": ["2", 0], "width": 64}}}
+    assert text_of(text_graph(encode, area), 8)[0] == "a red fox"  # through a conditioning node
+    linked = {"class_type": "CLIPTextEncode", "inputs": {"text": ["5", 0], "clip": ["1", 1]}}
+    primitive = {"5": {"class_type": "PrimitiveStringMultiline", "inputs": {"value": "a blue cat"}},
+                 "6": {"class_type": "ConditioningSetArea", "inputs": {"conditioning": ["2", 0]}}}
+    assert text_of(text_graph(linked, primitive), "8")[0] == "a blue cat"  # text from a string node
+    sdxl = {"class_type": "CLIPTextEncodeSDXL", "inputs": {"text_g": "a castle", "text_l": "a castle"}}
+    assert text_of(text_graph(sdxl), "8")[0] == "a castle"
+    computed = {"5": {"class_type": "StringConcatenate", "inputs": {"string_a": ["9", 0]}},
+                "6": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["2", 0]}}}
+    assert text_of(text_graph(linked, computed), "8") is None  # the text is computed: not in the graph
+    assert text_of(None, "8") is None and text_of(text_graph(encode), "99") is None
+
+
+def test_empty_reward_prompt_is_the_positive_prompts_text(fake_comfy):
+    """Issue 18 (defect 15): reward_prompt had to repeat the positive prompt. Empty, it is the text of the
+    CLIP Text Encode node feeding positive (read from the workflow); where that is not in the workflow,
+    a clear error naming reward_prompt, before any model call."""
+    from evosearch.core.validation import ParameterError
+
+    graph = text_graph({"class_type": "CLIPTextEncode", "inputs": {"text": "red", "clip": ["1", 1]}})
+    (_, _, _, rec), _ = run_node(FakeModel(), reward_prompt="", prompt=graph, unique_id="8", method="best-of-n",
+                                 nfe_budget=12, steps=6)
+    rec = json.loads(rec)
+    assert rec["settings"]["request"]["prompt"] == "red"
+    assert rec["comfyui"]["reward_prompt_from"] == "the positive conditioning's text (node 2 (CLIPTextEncode))"
+    (_, _, _, rec), _ = run_node(FakeModel(), reward_prompt="a typed prompt", prompt=graph, unique_id="8",
+                                 method="best-of-n", nfe_budget=12, steps=6)
+    assert json.loads(rec)["settings"]["request"]["prompt"] == "a typed prompt"  # a typed one wins
+    model = FakeModel()
+    for graph in (None, text_graph({"class_type": "StyleModelApply", "inputs": {"clip_vision_output": ["4", 0]}})):
+        with pytest.raises(ParameterError, match="reward_prompt: is empty, and the text of the positive "
+                                                 "conditioning is not in the workflow"):
+            run_node(model, reward_prompt="  ", prompt=graph, unique_id="8")
+    assert model.calls == 0
 
 
 def test_digit_reward_rejects_a_prompt_before_sampling(fake_comfy):
@@ -1023,10 +1098,39 @@ def test_sampler_node_interrupt_returns_best_so_far(fake_comfy):
     with pytest.raises(fake_comfy.mm.InterruptProcessingException):
         run_node(model, method="best-of-n", nfe_budget=60, steps=6, population=10, max_batch_size=4,
                  on_interrupt="abort")
-    # interrupted before anything was scored: nothing to return, the prompt is interrupted
+    # interrupted before anything was scored, with abort: the prompt is interrupted
     model = FakeModel(interrupt_after=2, mm=fake_comfy.mm)
     with pytest.raises(fake_comfy.mm.InterruptProcessingException):
-        run_node(model, method="best-of-n", nfe_budget=60, steps=6, population=10, max_batch_size=4)
+        run_node(model, method="best-of-n", nfe_budget=60, steps=6, population=10, max_batch_size=4,
+                 on_interrupt="abort")
+
+
+def test_cancel_before_the_first_wave_returns_the_best_x0_preview(fake_comfy, caplog):
+    """Issue 18 (defect 14): a Cancel before the first scored wave returned nothing and logged "0 NFE".
+    Now the x0 previews of the rows in hand (the last micro-batch's denoiser output: no extra NFE) are
+    decoded and scored, and the best comes back as the LATENT and the image, marked incomplete."""
+    import logging
+
+    model = FakeModel(interrupt_after=2, mm=fake_comfy.mm, record_inputs=True)
+    with caplog.at_level(logging.INFO):
+        (latent, best, grid, rec), vae = run_node(model, method="best-of-n", nfe_budget=60, steps=6, population=10,
+                                                  max_batch_size=4)
+    rec = json.loads(rec)
+    assert model.calls == 2 and rec["stats"]["nfe"] == 8  # two micro-batches of 4 rows: steps 0 and 1 of the wave
+    assert rec["complete"] is False and rec["stats"]["stopped"] == "interrupted" and rec["best_reward"] is None
+    assert rec["preview"]["step"] == 1 and rec["preview"]["rows"] == 4
+    assert rec["stats"]["reward_calls"] == rec["stats"]["decode_calls"] == vae.calls == 4
+    expected = red(FakeVAE().decode(model.outputs[-1] / FakeLatentFormat.scale_factor).movedim(-1, 1), None)
+    assert rec["preview"]["reward"] == pytest.approx(float(expected.max()), abs=1e-6)
+    decoded = FakeVAE().decode(latent["samples"])  # the LATENT output is that preview's x0
+    assert float(red(decoded.movedim(-1, 1), None)[0]) == pytest.approx(rec["preview"]["reward"], abs=1e-6)
+    assert (decoded - best).abs().max() <= 0.5 / 255 + 1e-6 and grid.shape == best.shape == (1, 8, 8, 3)
+    assert fake_comfy.mm.state["interrupted"] is False  # the rest of the workflow runs
+    summary = pack_module("record").record_summary(rec)
+    assert f"best x0 preview reward {rec['preview']['reward']:.4g} at step 2 of 6, best of 4 previews" in summary
+    said = [r.getMessage() for r in caplog.records if "interrupted after" in r.getMessage()]
+    assert said and said[0].startswith("[evosearch] interrupted after 8 NFE (1 of 1 latents with a result)")
+    assert "latent 0: an x0 preview at step 2" in said[0]  # 1-based, as the summary says
 
 
 def test_cancel_before_the_first_wave_logs_the_nfe_spent(fake_comfy, caplog):
@@ -1035,7 +1139,8 @@ def test_cancel_before_the_first_wave_logs_the_nfe_spent(fake_comfy, caplog):
 
     model = FakeModel(interrupt_after=2, mm=fake_comfy.mm)
     with caplog.at_level(logging.INFO), pytest.raises(fake_comfy.mm.InterruptProcessingException):
-        run_node(model, method="best-of-n", nfe_budget=60, steps=6, population=10, max_batch_size=4)
+        run_node(model, method="best-of-n", nfe_budget=60, steps=6, population=10, max_batch_size=4,
+                 on_interrupt="abort")
     said = [r.getMessage() for r in caplog.records if "interrupted after" in r.getMessage()]
     assert said and said[0].startswith(f"[evosearch] interrupted after {model.calls * 4} NFE (0 of 1 latents")
 
@@ -1602,12 +1707,14 @@ def test_end_to_end_search_record_and_its_summary(comfy_server):
 @needs_comfyui
 @pytest.mark.parametrize("denoise", [1.0, 0.5])
 def test_end_to_end_eta0_equals_the_stock_ksampler(comfy_server, denoise):
-    """With eta = 0 the search's step is ComfyUI's own Euler step, and its start KSampler's: a candidate
-    re-sampled by the stock KSampler (euler, same scheduler, cfg, denoise, and the candidate's initial
-    seed as the noise seed) gives the same image. denoise < 1 starts from a non-empty latent (here the
-    output of a first KSampler pass) noised to the matching level."""
+    """With eta = 0 the search's step is ComfyUI's own Euler step, and its start KSampler's: a search of
+    one candidate gives the image the stock KSampler (euler, same scheduler, cfg, denoise) gives for the
+    same seed — the node's seed is KSampler's noise seed (common_ksampler's prepare_noise; issue 18,
+    defect 15). denoise < 1 starts from a non-empty latent (here the output of a first KSampler pass)
+    noised to the matching level."""
     s, steps = comfy_server, 6
-    wf = base_workflow(method="best-of-n", nfe_budget=2 * steps, steps=steps, seed=21, eta=0.0, denoise=denoise)
+    wf = base_workflow(method="best-of-n", nfe_budget=steps, population=1, steps=steps, seed=21, eta=0.0,
+                       denoise=denoise)
     if denoise < 1:  # a non-empty input latent, the same in both runs
         wf["15"] = {"class_type": "KSampler", "inputs": {
             "model": ["1", 0], "seed": 3, "steps": steps, "cfg": 4.0, "sampler_name": "euler", "scheduler": "karras",
@@ -1616,12 +1723,13 @@ def test_end_to_end_eta0_equals_the_stock_ksampler(comfy_server, denoise):
     entry = s.run(wf)
     record = s.record(entry, "11")
     init_seed = record["lineage"]["events"][0]["seed"]
+    assert init_seed == 21 and len(record["rewards"]) == 1
     assert [e["kind"] for e in record["lineage"]["events"]] == ["init"] and record["comfyui"]["denoise"] == denoise
     if denoise < 1:
         assert len(record["comfyui"]["sigmas"]) == steps + 1 and record["comfyui"]["max_denoise"] is False
     stock = {k: v for k, v in wf.items() if k in ("1", "2", "3", "4", "15")}
     stock["20"] = {"class_type": "KSampler", "inputs": {
-        "model": ["1", 0], "seed": init_seed, "steps": steps, "cfg": 4.0, "sampler_name": "euler",
+        "model": ["1", 0], "seed": 21, "steps": steps, "cfg": 4.0, "sampler_name": "euler",
         "scheduler": "karras", "positive": ["2", 0], "negative": ["3", 0],
         "latent_image": wf["8"]["inputs"]["latent_image"], "denoise": denoise}}
     stock["21"] = {"class_type": "VAEDecode", "inputs": {"samples": ["20", 0], "vae": ["1", 2]}}
@@ -1630,7 +1738,17 @@ def test_end_to_end_eta0_equals_the_stock_ksampler(comfy_server, denoise):
     (ours,), (theirs,) = s.saved(entry, "9"), s.saved(stock_entry, "22")
     diff = int(np.abs(png(ours) - png(theirs)).max())
     assert diff <= 2, diff
-    REPORT.setdefault("ksampler_parity", {})[str(denoise)] = {"init_seed": init_seed, "max_abs_pixel_diff": diff}
+    REPORT.setdefault("ksampler_parity", {})[str(denoise)] = {"seed": 21, "max_abs_pixel_diff": diff}
+
+
+@needs_comfyui
+def test_end_to_end_empty_reward_prompt_is_the_positive_text(comfy_server):
+    """reward_prompt left empty: the reward scores against the positive CLIP Text Encode's text, read from
+    the prompt ComfyUI runs (issue 18, defect 15)."""
+    s = comfy_server
+    record = s.record(s.run(base_workflow(prompt="a bright white square", reward_prompt="")), "11")
+    assert record["settings"]["request"]["prompt"] == "a bright white square"
+    assert record["comfyui"]["reward_prompt_from"] == "the positive conditioning's text (node 2 (CLIPTextEncode))"
 
 
 @needs_comfyui
@@ -1839,8 +1957,12 @@ def test_end_to_end_cancel_in_a_first_generation_of_thousands(comfy_server, batc
         "interrupt_to_prompt_finished_seconds": round(latency, 3),
         "seconds_per_micro_batch": round(record["stats"]["seconds"]["denoise"] / max(1, record["stats"]["nfe"] / batch),
                                          4),
-        "ui_text": entry["outputs"]["11"]["text"][0]}
+        "ui_text": entry["outputs"]["11"]["text"][0], "best_reward": record["best_reward"],
+        "preview": record["preview"]}
     print("EVOSEARCH_E2E_CANCEL " + json.dumps(report))
+    if record["best_reward"] is None:  # before the first scored wave: the best x0 preview comes back (issue 18)
+        assert record["preview"]["rows"] >= 1 and len(s.saved(entry, "9")) == 1
+        assert report["ui_text"].startswith("best x0 preview reward")
     assert latency < 30, report
 
 
@@ -1874,29 +1996,41 @@ def test_end_to_end_in_the_browser(comfy_server, tmp_path):
                 nodes = page.evaluate("""() => window.app.graph._nodes.map(n => ({
                     id: n.id, type: n.type, known: !!window.LiteGraph.registered_node_types[n.type],
                     widgets: Object.fromEntries((n.widgets || []).map(w => [w.name, w.value]))}))""")
-                assert len(nodes) == 9 and all(n["known"] for n in nodes), nodes
+                assert len(nodes) == 10 and all(n["known"] for n in nodes), nodes  # with the Note of files
                 (sampler,) = [n for n in nodes if n["type"] == "EvoSearchSampler"]
                 assert sampler["widgets"]["method"] == method, sampler
                 assert sampler["widgets"]["nfe_budget"] == workflows.METHOD_SETTINGS[method]["nfe_budget"]
                 (record,) = [n for n in nodes if n["type"] == "EvoSearchSaveRecord"]
                 assert record["widgets"].get("summary") == "", record  # the web extension's display
-            # run the last one on the tiny checkpoint with the bundled digit reward
-            page.evaluate("""ckpt => {
-                const g = window.app.graph;
-                const set = (id, name, v) => { g.getNodeById(id).widgets.find(w => w.name === name).value = v; };
-                set(1, 'ckpt_name', ckpt); set(4, 'width', 32); set(4, 'height', 32); set(5, 'reward', 'digits');
-                set(6, 'reward_prompt', 'digit 3'); set(6, 'nfe_budget', 32); set(6, 'steps', 4);
-            }""", CKPT)
-            page.evaluate("() => window.app.queuePrompt(0)")
+            # run the last one on the tiny checkpoint with the bundled digit reward, queued for this page's
+            # client (ComfyUI's frontend of Oct 2025 loads a template's checkpoint loader without its class, so
+            # its own queueing sends no class_type for it): the page gets the result as if it had queued it
+            api = api_from_ui(wf, s.object_info)
+            api["1"]["inputs"]["ckpt_name"] = CKPT
+            api["4"]["inputs"].update(width=32, height=32)
+            api["5"]["inputs"]["reward"] = "digits"
+            api["6"]["inputs"].update(reward_prompt="digit 3", nfe_budget=32, steps=4, population=0)
+            page.evaluate("() => window.app.graph.getNodeById(9).setSize([300, 110])")  # as small as a new node
+            client_id = page.evaluate("() => window.app.api.clientId || window.app.api.initialClientId")
+            entry = s.wait(s.submit(api, client_id=client_id))
+            assert entry["status"]["status_str"] == "success", (json.dumps(entry["status"], indent=1), s.tail())
             page.wait_for_function("""() => { const w = window.app.graph.getNodeById(9).widgets
                 .find(w => w.name === 'summary'); return w && w.value; }""", timeout=300_000)
             text = page.evaluate("""() => window.app.graph.getNodeById(9).widgets
                 .find(w => w.name === 'summary').value""")
             page.keyboard.press("Escape")  # the template dialog a first visit opens
+            page.wait_for_timeout(500)  # a frame: the node's new size is laid out
+            # every line of the summary shows without resizing the node (issue 18, defect 18)
+            box = page.evaluate("""() => { const w = window.app.graph.getNodeById(9).widgets
+                .find(w => w.name === 'summary'); const el = w.element || w.inputEl;
+                return {scroll: el.scrollHeight, client: el.clientHeight, width: el.scrollWidth,
+                        visible: el.clientWidth}; }""")
+            assert box["client"] > 0 and box["scroll"] <= box["client"] + 1, box
             page.screenshot(path=str(tmp_path / "comfyui_workflow.png"))
         finally:
             browser.close()
     lines = text.splitlines()
     assert lines[0].startswith("best reward ") and lines[0].endswith("(complete)"), text
     assert lines[1].startswith("NFE 32 of 32 planned (budget 32)") and lines[2].startswith("judge: "), text
-    REPORT["browser"] = {"summary_widget": text, "screenshot": str(tmp_path / "comfyui_workflow.png")}
+    REPORT["browser"] = {"summary_widget": text, "summary_box": box,
+                         "screenshot": str(tmp_path / "comfyui_workflow.png")}

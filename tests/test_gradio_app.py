@@ -246,6 +246,68 @@ def test_candidates_stream_as_soon_as_a_wave_is_scored(client):
     assert partial[0][2] is not None and partial[0][1] is not None  # best and plain so far, already shown
 
 
+def test_x0_previews_show_while_the_first_generation_denoises(tmp_path, monkeypatch):
+    """Issue 18 (defect 17): the panels stayed empty until the first generation was scored. While it
+    denoises, the page shows the decoded x0 estimates of the latest micro-batch (no NFE): the plain panel
+    and the gallery, captioned with their step; scored samples replace them."""
+    from evosearch.apps.gradio_app.runner import SearchApp
+
+    app = SearchApp(Catalog(offline=True, extra_rewards=EXTRA_REWARDS), Limits(MAX_NFE, MAX_POP),
+                    max_batch_size=BATCH, work_dir=tmp_path)
+    app.update_interval = 0.05
+    prepare = SearchApp.prepare
+
+    def slow_prepare(self, s):  # 20 ms per model call: the first wave takes 10 steps x 20 ms to denoise
+        search, plan, s = prepare(self, s)
+        predict = search.stepper._predict
+        search.stepper._predict = lambda x, i: (time.sleep(0.02), predict(x, i))[1]
+        return search, plan, s
+
+    monkeypatch.setattr(SearchApp, "prepare", slow_prepare)
+    updates = list(app.run(*run_args(method="best-of-n", population=8, nfe_budget=80, steps=10), session="t"))
+    scored = next(k for k, u in enumerate(updates) if "best r=" in u[0])  # the first update with a best sample
+    early = [u for u in updates[:scored] if "Running" in u[0] and u[5]]
+    assert early, [u[0] for u in updates[:scored]]
+    status, plain, best, _, _, gallery, _, _ = early[-1]
+    assert best is None and Path(plain).is_file() and "x0 previews at step" in status
+    assert len(gallery) == BATCH and all(re.fullmatch(r"x0 preview, step \d+/10", c) for _, c in gallery)
+    final = updates[-1]
+    assert "Done (complete)" in final[0] and all(CAPTION.match(c) for _, c in final[5])
+    assert not Path(final[1]).stem.startswith("plain_x0_")  # the scored plain sample replaced its preview
+
+
+def test_x0_previews_take_at_most_a_fifth_of_the_time_and_stop_once_scored():
+    """A slow decoder (video VAEs) previews less often: decoding stays under a fifth of the wall time."""
+    import types
+
+    import torch
+
+    from evosearch.apps.gradio_app.runner import X0Previewer
+
+    class SlowStepper:
+        num_steps, last_x0 = 10, None
+
+        def finish(self, x0):
+            time.sleep(0.05)
+            return x0
+
+    stepper, got = SlowStepper(), []
+    previewer = X0Previewer(stepper, got.append, interval=0.0)
+    progress = types.SimpleNamespace(type="progress", nfe=4)
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < 1.0:
+        stepper.last_x0 = (3, torch.zeros(4, 3, 2, 2))  # a new micro-batch
+        previewer(progress)
+        time.sleep(0.005)
+    shown = [e for e in got if e.type == "x0"]
+    assert 2 <= len(shown) <= 5 and shown[0].step == 3 and shown[0].steps == 10
+    previewer(types.SimpleNamespace(type="generation", nfe=8))
+    time.sleep(0.3)
+    stepper.last_x0 = (4, torch.zeros(4, 3, 2, 2))
+    previewer(progress)
+    assert [e for e in got if e.type == "x0"] == shown  # none once a sample is scored
+
+
 def test_best_of_n_with_a_weighted_ensemble_and_a_random_seed(client):
     status, plain, best, plot, verdict, gallery, record_file, seed = client.predict(
         *run_args(method="best-of-n", population=4, nfe_budget=40, steps=10, rewards=("digits", "ink"),

@@ -171,6 +171,32 @@ def test_interrupt_returns_best_so_far(pixel_pipe, brightness):
     assert out.stats.nfe < schedule_cost([0, 2], [4, 4, 4], STEPS)
 
 
+def test_a_stop_before_anything_was_scored_keeps_the_best_x0_preview(pixel_pipe, brightness):
+    """Issue 18 (defect 14): a stop in the first wave left nothing; the x0 estimates of the last
+    micro-batch are decoded and scored (no extra NFE), the best kept as ``preview``."""
+    calls = {"n": 0}
+
+    def stop():
+        calls["n"] += 1
+        return calls["n"] > 3  # a few micro-batches of 4 rows into the first wave
+
+    out = search(pixel_pipe, brightness, BestOfN(n=8))("", seed=0, num_inference_steps=STEPS, stop=stop,
+                                                       progress=False, output_type="pt")
+    assert not out.complete and out.best is None and out.stats.stopped == "interrupted"
+    p = out.preview
+    assert 0 < p.step < STEPS - 1 and out.stats.nfe == 4 * (p.step + 1)  # one micro-batch of 4 rows per step
+    assert p.rows == 4 and out.stats.reward_calls == out.stats.decode_calls == 4
+    assert p.reward == pytest.approx(float(brightness(p.image[None], [""])[0]), abs=2e-3)
+    assert out.to_record()["preview"] == {"reward": p.reward, "step": p.step, "rows": 4}
+    done = search(pixel_pipe, brightness, BestOfN(n=8))("", seed=0, num_inference_steps=STEPS, progress=False)
+    assert done.preview is None and done.to_record()["preview"] is None
+    # micro-batches of 16: at most 8 previews are decoded and scored, so that a stop stays quick
+    calls["n"] = 0
+    wide = search(pixel_pipe, brightness, BestOfN(n=16), max_batch_size=16)("", seed=0, num_inference_steps=STEPS,
+                                                                            stop=stop, progress=False)
+    assert wide.best is None and wide.preview.rows == wide.stats.reward_calls == wide.stats.decode_calls == 8
+
+
 def test_keyboard_interrupt_from_reward_keeps_best(pixel_pipe):
     from evosearch import FunctionReward
 

@@ -103,6 +103,22 @@ class Candidate:
 
 
 @dataclass
+class Preview:
+    """The best x0 preview of the rows a search held when it was stopped before it scored any sample:
+    image (3, H, W) uint8 on the CPU (or (F, 3, H, W)), reward, the step it was predicted at, how many
+    rows were scored, and its x0 estimate ``latent`` (1, ...). No lineage: it is not a finished sample."""
+
+    image: Any
+    reward: float
+    step: int
+    rows: int
+    latent: Any = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        return {"reward": self.reward, "step": self.step, "rows": self.rows}
+
+
+@dataclass
 class SearchStats:
     """Compute a search spent. ``nfe``: denoiser evaluations per sample per step (with CFG
     one NFE is one batched cond+uncond pass, the papers' unit); ``planned_nfe``: what the plan

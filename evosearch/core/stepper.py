@@ -85,6 +85,8 @@ class Stepper:
 
     Counters (``nfe``: samples x denoising steps, the papers' unit; ``decode_calls``:
     samples decoded) accumulate over the Stepper's life; search reads differences.
+    ``last_x0``: (step, x0_hat) of the latest micro-batch :meth:`predict` or :meth:`step` denoised,
+    the x0 preview a search can show or keep without another NFE.
     """
 
     family: str = "base"
@@ -103,6 +105,7 @@ class Stepper:
         self.eta = float(eta)
         self.nfe = 0
         self.decode_calls = 0
+        self.last_x0: tuple[int, torch.Tensor] | None = None
         self.request: Request | None = None
         self.schedule: NoiseSchedule | None = None
         self.state_shape: tuple[int, ...] = ()
@@ -237,6 +240,7 @@ class Stepper:
             x0s.append(x0)
             epss.append(eps)
             self.nfe += sl.stop - sl.start
+            self.last_x0 = (i, x0)
             if on_batch is not None:
                 on_batch(sl.stop - sl.start)
         return torch.cat(x0s), torch.cat(epss)
@@ -265,6 +269,7 @@ class Stepper:
             z = self._noise_rows(noise, sl, states.shape[0]) if stochastic else None
             out.append(self.schedule.step(x0, eps, i, z))
             self.nfe += sl.stop - sl.start
+            self.last_x0 = (i, x0)
             if on_batch is not None:
                 on_batch(sl.stop - sl.start)
         return torch.cat(out)

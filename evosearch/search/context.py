@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..core.records import Candidate, HistoryEntry, SearchEvent, SearchStats
+from ..core.records import Candidate, HistoryEntry, Preview, SearchEvent, SearchStats
 from ..core.validation import ParameterError, check_bool, check_int, check_number
 from ..rewards.base import RewardError
 
@@ -89,11 +89,13 @@ class SearchContext:
 
     #: plain samples of generation 0 kept for the judge's "plain" verdict
     plain_samples = 8
+    #: x0 previews decoded and scored at most when a stop comes before any sample was scored
+    preview_rows = 8
 
     def __init__(self, stepper, reward, prompt, seed: int, nfe_budget: int | None = None,
                  callback: Callable[[SearchEvent], None] | None = None, stop: Callable[[], bool] | None = None,
                  progress: bool = True, planned_nfe: int | None = None, early_stop: EarlyStop | None = None,
-                 judge: Callable | None = None, dist=None):
+                 judge: Callable | None = None, dist=None, first_seed: int | None = None):
         self.stepper = stepper
         #: the :class:`~evosearch.search.distributed.Collective` of a distributed search (None: one process)
         self.dist = dist
@@ -101,6 +103,8 @@ class SearchContext:
         self.prompt = prompt
         self.seed = int(seed)
         self.rng = np.random.default_rng(self.seed)
+        self.first_seed = first_seed  # the first new seed (the first candidate's initial noise), if given
+        self._first_seed = first_seed
         self.nfe_budget = nfe_budget
         self.callback = callback
         self.stop = stop
@@ -112,6 +116,9 @@ class SearchContext:
         self.last_generation: list[Candidate] = []
         self.plain: list[Candidate] = []
         self.plain_source = "final samples of the first generation"
+        self.preview: Preview | None = None
+        self.preview_error: str | None = None  # why a stopped search kept no preview
+        self._x0_before = getattr(stepper, "last_x0", None)
         self._since_improved = 0
         self._nfe0 = stepper.nfe
         self._decode0 = stepper.decode_calls
@@ -137,6 +144,9 @@ class SearchContext:
                                  f"({self.nfe} already spent)")
 
     def new_seed(self) -> int:
+        if self._first_seed is not None:
+            seed, self._first_seed = int(self._first_seed), None
+            return seed
         return int(self.rng.integers(0, 2**63 - 1))
 
     def new_seeds(self, n: int) -> list[int]:
@@ -347,6 +357,21 @@ class SearchContext:
                 raise SearchStopped("early stop: the judge calls the best sample correct")
         if rule.patience is not None and self._since_improved >= rule.patience:
             raise SearchStopped(f"early stop: no gain above tol={rule.tol:g} for {rule.patience} generation(s)")
+
+    def keep_preview(self) -> None:
+        """After a stop before any sample was scored: decode and score the x0 estimates of the Stepper's
+        latest micro-batch (no NFE; at most :attr:`preview_rows` of them, so that a stop stays quick) and
+        keep the best as :attr:`preview`. One process only."""
+        held = getattr(self.stepper, "last_x0", None)
+        if self.best is not None or self.dist is not None or held is None or held is self._x0_before:
+            return
+        step, x0 = held[0], held[1][: self.preview_rows]
+        with self.timed("decode"):
+            images = self.stepper.finish(x0)
+        rewards = self.score(images)
+        k = int(np.argmax(rewards))
+        self.preview = Preview(as_stored(images[k:k + 1])[0], float(rewards[k]), int(step), len(rewards),
+                               x0[k:k + 1].detach().cpu())
 
     # -- results -----------------------------------------------------------------
     def finalize(self) -> None:

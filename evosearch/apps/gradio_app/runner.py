@@ -12,9 +12,9 @@ import tempfile
 import threading
 import time
 from collections import deque
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -28,6 +28,51 @@ from .request import Limits, RunSettings, parse_request
 logger = logging.getLogger("evosearch.app")
 PLAIN_SAMPLES = 8  # as many plain samples as the search keeps for the judge
 _DONE = object()
+
+
+@dataclass(frozen=True)
+class X0Preview:
+    """The denoiser's x0 estimates of the latest micro-batch, decoded (no NFE): what the page shows
+    while the first generation denoises, before any sample is scored."""
+
+    images: Any
+    step: int
+    steps: int
+    nfe: int
+    type: str = "x0"
+    planned_nfe: int | None = None
+
+
+class X0Previewer:
+    """A search callback's helper: after a micro-batch, at most every ``interval`` seconds (and with
+    decoding at most a fifth of the time: slow decoders, such as video VAEs, preview less often), only
+    until the first sample is scored, decodes the Stepper's ``last_x0`` (up to ``rows`` of it) and
+    hands it to ``put``. A preview that fails to decode is skipped: it never stops the search."""
+
+    def __init__(self, stepper, put, interval: float, rows: int = PLAIN_SAMPLES):
+        self.stepper, self.put, self.interval, self.rows = stepper, put, interval, rows
+        self.seen = getattr(stepper, "last_x0", None)  # a previous run's: not this one's
+        self.scored, self.next = False, 0.0
+
+    def __call__(self, event) -> None:
+        self.put(event)
+        self.scored = self.scored or event.type in ("generation", "preview")
+        if self.scored or event.type != "progress" or time.perf_counter() < self.next:
+            return
+        held = getattr(self.stepper, "last_x0", None)
+        if held is None or held is self.seen:
+            return
+        self.seen, t0 = held, time.perf_counter()
+        step, x0 = held
+        try:
+            images = self.stepper.finish(x0[: self.rows])
+        except Exception as err:  # a preview is a courtesy: never the search's end
+            logger.warning("x0 preview skipped: %s", views.one_line(f"{type(err).__name__}: {err}"))
+            self.scored = True
+            return
+        now = time.perf_counter()
+        self.next = now + max(self.interval, 4 * (now - t0))
+        self.put(X0Preview(images, int(step), int(self.stepper.num_steps), int(event.nfe)))
 #: an output the page leaves as it is (the previous run's results stay until a new run is accepted)
 KEEP = object()
 
@@ -41,6 +86,7 @@ class Live:
         self.generation = None
         self.current: list[tuple] = []  # (sample, reward, verdict) of the latest generation
         self.best = self.plain = None  # (sample, reward, verdict)
+        self.x0: X0Preview | None = None  # the latest x0 previews, until a sample is scored
         self.plain_rewards: list[float] = []
         self.changed = False  # samples or plot changed since the last page update
 
@@ -55,6 +101,9 @@ class Live:
     def add(self, event) -> None:
         self.nfe = max(self.nfe, int(event.nfe))
         self.planned = event.planned_nfe or self.planned
+        if event.type == "x0":
+            self.x0, self.changed = event, self.best is None
+            return
         if event.type not in ("generation", "preview"):
             return
         self.history.append(event.entry)
@@ -203,11 +252,13 @@ class SearchApp:
         session = session or f"anonymous-{id(stop)}"
         result: dict = {}
 
+        previewer = X0Previewer(search.stepper, events.put, self.update_interval)
+
         def work():
             try:
                 result["out"] = search(s.prompt, seed=s.seed, num_inference_steps=s.steps,
                                        guidance_scale=s.guidance_scale, nfe_budget=s.nfe_budget, output_type="pt",
-                                       callback=events.put, stop=stop.is_set, progress=False)
+                                       callback=previewer, stop=stop.is_set, progress=False)
             except BaseException as err:  # shown on the page below
                 result["error"] = err
             finally:
@@ -249,6 +300,8 @@ class SearchApp:
                          f"NFE {live.nfe}/{live.planned}", f"seed {s.seed}", f"{last - t0:.1f}s"]
                 if live.best is not None:
                     facts.insert(3, f"best r={views.number(live.best[1])}")
+                elif live.x0 is not None:
+                    facts.insert(2, f"x0 previews at step {live.x0.step + 1}/{live.x0.steps}")
                 yield (views.status_html("Running", facts, live.nfe, live.planned), page[0], page[1], page[2],
                        self._verdict(live), page[3], None, s.seed)
         finally:
@@ -266,7 +319,11 @@ class SearchApp:
     @staticmethod
     def _live_files(live: Live, s: RunSettings, run_dir: Path, tag: str, page: tuple) -> tuple:
         plain, best, plot, _ = page
-        if live.plain is not None and plain is None:
+        if live.best is None and live.x0 is not None:  # the first generation denoising: its x0 previews
+            x0 = live.x0
+            return (views.save_sample(x0.images[0], run_dir / f"plain_x0_{tag}"), None, plot,
+                    views.x0_gallery(x0.images, x0.step, x0.steps, run_dir, tag))
+        if live.plain is not None and (plain is None or Path(plain).stem.startswith("plain_x0_")):
             plain = views.save_sample(live.plain[0], run_dir / "plain")
         if live.best is not None:
             best = views.save_sample(live.best[0], run_dir / f"best_{tag}")

@@ -81,6 +81,13 @@ def gallery(samples: Sequence[torch.Tensor], rewards: Sequence[float], verdicts:
             for rank, k in enumerate(order)]
 
 
+def x0_gallery(samples: Sequence[torch.Tensor], step: int, steps: int, run_dir: Path,
+               tag: str) -> list[tuple[str, str]]:
+    """(file, caption) per x0 preview of a generation still denoising (not scored yet)."""
+    return [(save_sample(x, run_dir / f"{tag}_x0_{k:03d}", GALLERY_PX), f"x0 preview, step {step + 1}/{steps}")
+            for k, x in enumerate(samples)]
+
+
 # --------------------------------------------------------------------------------------- plot
 def reward_figure(history: Sequence, reward_label: str, x_max: int, plain_mean: float | None = None):
     """Reward against NFE, the x-axis from 0 to ``x_max``, the y-axis named after the reward: every
