@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import ast
 import hashlib
-import itertools
 import json
 import os
 import sys
@@ -40,7 +39,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -65,15 +63,6 @@ STEPS = 25
 
 def image_hash(image_u8: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(image_u8).tobytes()).hexdigest()[:16]
-
-
-def diversity(images: list[np.ndarray]) -> float:
-    """Mean pairwise RMS distance of (H, W, 3) uint8 images in [0, 1] units, area-downsampled to 16x16."""
-    if len(images) < 2:
-        return float("nan")
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
-    x = F.interpolate(x, size=(16, 16), mode="area").flatten(1)
-    return float(np.mean([float(((a - b) ** 2).mean().sqrt()) for a, b in itertools.combinations(x, 2)]))
 
 
 # ------------------------------------------------------------------------------ records
@@ -315,13 +304,12 @@ def collapse(records: list[dict], low: int = 8, high: int = 64) -> list[dict]:
             by[(r["suite"], r["split"], r["reward_model"], r["method"], r["K"], r["prompt"], r["seed"])] = float(r["judge"])
     rows = []
     for suite, split, reward_model, method in sorted({key[:4] for key in by}):
-        pairs = [(key[5], by[key[:4] + (high,) + key[5:]] - v) for key, v in sorted(by.items())
-                 if key[:4] == (suite, split, reward_model, method) and key[4] == low and key[:4] + (high,) + key[5:] in by]
+        head = (suite, split, reward_model, method)
+        pairs = [key[5:] for key in sorted(by) if key[:5] == head + (low,) and head + (high,) + key[5:] in by]
         if not pairs:
             continue
-        d = cluster_bootstrap([v for _, v in pairs], [p for p, _ in pairs])
-        at = {k: float(np.mean([by[key] for key in by if key[:5] == (suite, split, reward_model, method, k)
-                                and (key[5], key[6]) in {(p, key[6]) for p, _ in pairs}])) for k in (low, high)}
+        d = cluster_bootstrap([by[head + (high,) + p] - by[head + (low,) + p] for p in pairs], [p[0] for p in pairs])
+        at = {k: float(np.mean([by[head + (k,) + p] for p in pairs])) for k in (low, high)}
         rows.append({"suite": suite, "split": split, "reward_model": reward_model, "method": method,
                      f"judge_K{low}": at[low], f"judge_K{high}": at[high], "change": d.mean, "change_ci_low": d.low,
                      "change_ci_high": d.high, "pairs": d.n, "prompts": d.clusters})
