@@ -295,42 +295,47 @@ def summarize(records: list[dict]) -> list[dict]:
     return rows
 
 
+def judge_cells(records: list[dict]) -> dict:
+    """{(suite, split, reward, method, K, prompt, seed): judge} of the search winners."""
+    return {(r["suite"], r["split"], r["reward_model"], r["method"], r["K"], r["prompt"], r["seed"]): float(r["judge"])
+            for r in records if r["method"] not in ("plain", "oracle")}
+
+
+def paired_cells(by: dict, a: tuple, b: tuple):
+    """Cell ``a`` minus cell ``b`` (each (suite, split, reward, method, K)) over the (prompt, seed)
+    pairs both hold, clustered by prompt: (Interval, mean of a, mean of b), or None without pairs."""
+    pairs = [key[5:] for key in sorted(by) if key[:5] == a and b + key[5:] in by]
+    if not pairs:
+        return None
+    d = cluster_bootstrap([by[a + p] - by[b + p] for p in pairs], [p[0] for p in pairs])
+    return d, float(np.mean([by[a + p] for p in pairs])), float(np.mean([by[b + p] for p in pairs]))
+
+
 def collapse(records: list[dict], low: int = 8, high: int = 64) -> list[dict]:
     """Goodhart check per (suite, split, reward, method): judge at K = ``high`` minus at K = ``low``
     on the same (prompt, seed) pairs, with a 95% interval clustered by prompt (a fall is a collapse)."""
-    by = {}
-    for r in records:
-        if r["K"] in (low, high) and r["method"] not in ("plain", "oracle"):
-            by[(r["suite"], r["split"], r["reward_model"], r["method"], r["K"], r["prompt"], r["seed"])] = float(r["judge"])
-    rows = []
-    for suite, split, reward_model, method in sorted({key[:4] for key in by}):
-        head = (suite, split, reward_model, method)
-        pairs = [key[5:] for key in sorted(by) if key[:5] == head + (low,) and head + (high,) + key[5:] in by]
-        if not pairs:
-            continue
-        d = cluster_bootstrap([by[head + (high,) + p] - by[head + (low,) + p] for p in pairs], [p[0] for p in pairs])
-        at = {k: float(np.mean([by[head + (k,) + p] for p in pairs])) for k in (low, high)}
-        rows.append({"suite": suite, "split": split, "reward_model": reward_model, "method": method,
-                     f"judge_K{low}": at[low], f"judge_K{high}": at[high], "change": d.mean, "change_ci_low": d.low,
-                     "change_ci_high": d.high, "pairs": d.n, "prompts": d.clusters})
+    by, rows = judge_cells(records), []
+    for head in sorted({key[:4] for key in by}):
+        found = paired_cells(by, head + (high,), head + (low,))
+        if found:
+            d, at_high, at_low = found
+            rows.append({**dict(zip(("suite", "split", "reward_model", "method"), head)), f"judge_K{low}": at_low,
+                         f"judge_K{high}": at_high, "change": d.mean, "change_ci_low": d.low,
+                         "change_ci_high": d.high, "pairs": d.n, "prompts": d.clusters})
     return rows
 
 
 def efficiency(records: list[dict], factor: int = 4) -> list[dict]:
     """Each search method at K against best-of-N at ``factor`` * K on the same (prompt, seed) pairs,
     with a 95% interval clustered by prompt: a difference >= 0 is ``factor`` x the compute efficiency."""
-    by = {(r["suite"], r["split"], r["reward_model"], r["method"], r["K"], r["prompt"], r["seed"]): float(r["judge"])
-          for r in records if r["method"] not in ("plain", "oracle")}
-    rows = []
-    for suite, split, reward_model, method, k in sorted({key[:5] for key in by if key[3] != "best-of-n"}):
-        pairs = [(key[5], v - by[(suite, split, reward_model, "best-of-n", factor * k) + key[5:]]) for key, v in by.items()
-                 if key[:5] == (suite, split, reward_model, method, k)
-                 and (suite, split, reward_model, "best-of-n", factor * k) + key[5:] in by]
-        if pairs:
-            d = cluster_bootstrap([v for _, v in pairs], [p for p, _ in pairs])
-            rows.append({"suite": suite, "split": split, "reward_model": reward_model, "method": method, "K": k,
-                         "bon_K": factor * k, "diff": d.mean, "diff_ci_low": d.low, "diff_ci_high": d.high,
-                         "pairs": d.n, "prompts": d.clusters})
+    by, rows = judge_cells(records), []
+    for cell in sorted({key[:5] for key in by if key[3] != "best-of-n"}):
+        found = paired_cells(by, cell, cell[:3] + ("best-of-n", factor * cell[4]))
+        if found:
+            d = found[0]
+            rows.append({**dict(zip(("suite", "split", "reward_model", "method", "K"), cell)), "bon_K": factor * cell[4],
+                         "diff": d.mean, "diff_ci_low": d.low, "diff_ci_high": d.high, "pairs": d.n,
+                         "prompts": d.clusters})
     return rows
 
 
@@ -447,8 +452,12 @@ def plot(rows: list[dict], path: Path) -> None:
 
     overall = [r for r in rows if r["category"] == "all"]
     panels = sorted({(r["suite"], r["split"], r["reward_model"]) for r in overall})
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
-    for ax, key in zip(axes[0], panels):
+    cols = min(2, len(panels))
+    rows_ = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows_, cols, figsize=(5.6 * cols, 4.2 * rows_), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, key in zip(axes.flat, panels):
         sel = [r for r in overall if (r["suite"], r["split"], r["reward_model"]) == key]
         seeds = max((r["seeds"] for r in sel), key=len)
         for m in dict.fromkeys(r["method"] for r in sel):

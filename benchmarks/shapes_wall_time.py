@@ -85,8 +85,8 @@ def main(argv=None):
               f"{r['method_wall_s']:.1f} | {r['wall_ratio']:.3f} | {r['cpu_ratio']:.3f} | "
               f"{r['method_decodes']:.0f} / {r['bon_decodes']:.0f} | {r['method_reward_calls']:.0f} / "
               f"{r['bon_reward_calls']:.0f} |")
-    atomic_write_json(args.out, {"settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                                              "torch_threads": 1, "steps": STEPS, "prompts_used": prompts},
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    atomic_write_json(args.out, {"settings": {**settings, "torch_threads": 1, "steps": STEPS, "prompts_used": prompts},
                                  "rows": rows, "runs": runs})
     print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
 

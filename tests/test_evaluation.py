@@ -49,3 +49,48 @@ def test_paired_difference_pairs_only_shared_prompt_seeds():
 def test_roc_auc():
     assert roc_auc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == 0.75
     assert np.isnan(roc_auc([1, 2], [True, True]))
+
+
+def _geneval():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "shapes_geneval.py"
+    spec = importlib.util.spec_from_file_location("shapes_geneval", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _records(cells):
+    """Benchmark records from {(method, K): [judge per (prompt, seed) of p0/p1/p2 x seeds 0/1]}."""
+    keys = [(p, s) for p in ("p0", "p1", "p2") for s in (0, 1)]
+    return [{"suite": "hard", "split": "test", "reward_model": "r", "method": m, "K": k, "prompt": p, "seed": s,
+             "category": "position", "nfe": 25 * k, "reward": 80.0, "judge": v, "valid": True, "seconds": 1.0,
+             "image": f"{m}{k}{p}{s}"} for (m, k), verdicts in cells.items() for (p, s), v in zip(keys, verdicts)]
+
+
+def test_report_pairs_across_budgets_and_writes_each_methods_rows_once(tmp_path):
+    g = _geneval()
+    records = _records({("best-of-n", 8): [0, 0, 1, 0, 1, 1], ("best-of-n", 16): [1, 0, 1, 1, 1, 1],
+                        ("best-of-n", 64): [1, 1, 1, 1, 1, 1], ("evosearch", 8): [1, 0, 1, 1, 1, 1],
+                        ("evosearch", 64): [1, 1, 0, 1, 1, 1]})
+    records = [r for r in records if (r["method"], r["K"], r["seed"]) != ("best-of-n", 64, 1)]  # K=64 on seed 0 only
+    falls = {r["method"]: r for r in g.collapse(records, 8, 64)}
+    # paired on the 3 (prompt, seed 0) pairs: K=8 there is 0, 1, 1 (not the mean over both seeds)
+    assert falls["best-of-n"]["judge_K8"] == pytest.approx(2 / 3) and falls["best-of-n"]["pairs"] == 3
+    assert falls["best-of-n"]["change"] == pytest.approx(1 / 3)
+    assert falls["evosearch"]["change"] == pytest.approx(0.0) and falls["evosearch"]["pairs"] == 6
+    (twice,) = g.efficiency(records, 2)  # evosearch at 8 against best-of-n at 16: the same verdicts
+    assert (twice["K"], twice["bon_K"], twice["diff"], twice["prompts"]) == (8, 16, 0.0, 3)
+
+    (tmp_path / "evosearch.md").write_text("<!-- kept -->\n")
+    rows = g.summarize(records)
+    g.write_snippets(rows, tmp_path)
+    first = (tmp_path / "evosearch.md").read_text()
+    assert first.startswith("<!-- kept -->\n<!-- --8<-- [start:hard-r] -->\n| evosearch | ")
+    # the docs' columns K = 4 ... 128; +1/3 over 3 prompts holds 0 in its interval: no ▲
+    assert "| evosearch − best-of-n | – | +0.333 [+0.00, +0.50] | – | – | -0.333 [-1.00, +0.00] | – |\n" in first
+    g.write_snippets(rows, tmp_path)  # a second report replaces the block, it does not append another
+    assert (tmp_path / "evosearch.md").read_text() == first
+    assert (tmp_path / "best-of-n.md").read_text().count("[start:hard-r]") == 1
