@@ -339,6 +339,57 @@ def efficiency(records: list[dict], factor: int = 4) -> list[dict]:
     return rows
 
 
+def winner_spread(images: list[np.ndarray]) -> float:
+    """Mean pairwise RMS distance of (H, W, 3) uint8 images, in [0, 1] units, area-downsampled to
+    16x16 (composition, not pixel noise); NaN for fewer than two."""
+    import itertools
+
+    import torch.nn.functional as F
+
+    if len(images) < 2:
+        return float("nan")
+    x = F.interpolate(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255, size=(16, 16),
+                      mode="area").flatten(1)
+    return float(np.mean([float(((a - b) ** 2).mean().sqrt()) for a, b in itertools.combinations(x, 2)]))
+
+
+def diversity(records: list[dict], pools: list[Path]) -> list[dict]:
+    """How different a method's winners of one prompt are across seeds (:func:`winner_spread`),
+    per (suite, split, reward, method, K), with the ratio to best-of-N's on the same prompts and a
+    95% interval of the paired difference clustered by prompt. Winner images are found by their
+    hash among the candidates of ``pools`` (seed pools keep every image best-of-N and EvoSearch's
+    screening pick from); a winner not found there is left out."""
+    keys = {(r["prompt"], r["seed"]) for r in records if r.get("image")}
+    images = {}
+    for folder in pools:
+        for prompt, seed in keys:
+            pool = load_pool(folder, prompt, seed)
+            if pool is not None:
+                images.update((image_hash(img), img) for img in pool["final"])
+    cells = {}
+    for r in records:
+        if r.get("image") in images:
+            cells.setdefault((r["suite"], r["split"], r["reward_model"], r["method"], r["K"]), {}).setdefault(
+                r["prompt"], {})[r["seed"]] = images[r["image"]]
+    spread = {cell: {p: winner_spread(list(by_seed.values())) for p, by_seed in per.items() if len(by_seed) > 1}
+              for cell, per in cells.items()}
+    rows = []
+    for cell, per in sorted(spread.items(), key=lambda kv: str(kv[0])):
+        if not per or cell[3] in ("plain", "oracle"):
+            continue
+        row = {**dict(zip(("suite", "split", "reward_model", "method", "K"), cell)), "spread": float(np.mean(
+            list(per.values()))), "prompts": len(per), "seeds": max(len(cells[cell][p]) for p in per)}
+        bon = spread.get(cell[:3] + ("best-of-n", cell[4]), {})
+        common = [p for p in per if p in bon and len(cells[cell][p]) == len(cells[cell[:3] + ("best-of-n", cell[4])][p])]
+        if cell[3] != "best-of-n" and common:
+            d = cluster_bootstrap([per[p] - bon[p] for p in common], common)
+            row.update(bon_spread=float(np.mean([bon[p] for p in common])),
+                       ratio_vs_bon=float(np.mean([per[p] for p in common]) / np.mean([bon[p] for p in common])),
+                       diff_vs_bon=d.mean, diff_ci_low=d.low, diff_ci_high=d.high, paired_prompts=len(common))
+        rows.append(row)
+    return rows
+
+
 def fmt_ci(r) -> str:
     return f"{r['judge']:.3f} [{r['judge_ci_low']:.2f}, {r['judge_ci_high']:.2f}]"
 
@@ -489,6 +540,7 @@ def report(args) -> None:
     rows = summarize(records)
     falls = {high: collapse(records, 8, high) for high in (32, 64)}
     efficient = efficiency(records, 2) + efficiency(records, 4)
+    spreads = diversity(records, args.pools) if args.pools else []
     print(f"winners computed from pools and also run for real: {agreement['cells_with_both']} cells, the same "
           f"winner (reward within 0.05, same verdict) in {agreement['same_winner']}")
     atomic_write_json(args.out, {"rows": rows, "settings": {
@@ -496,7 +548,7 @@ def report(args) -> None:
         "records": [str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else p.name for p in args.records_in],
         "bootstrap": "95% percentile, 4000 resamples of prompts", "judge": "shapes.Judge()",
         "pool_vs_run": agreement}, **{f"collapse_k8_to_k{high}": rows_ for high, rows_ in falls.items()},
-        "vs_best_of_more": efficient})
+        "vs_best_of_more": efficient, "diversity": spreads})
     plot(rows, args.out.with_suffix(".png"))
     print(markdown(rows))
     for high, rows_ in falls.items():
@@ -517,6 +569,16 @@ def report(args) -> None:
         for r in efficient:
             print(f"| {r['suite']}/{r['split']} | {r['reward_model']} | {r['method']} | {r['K']} | {r['bon_K']} | "
                   f"{r['diff']:+.3f} [{r['diff_ci_low']:+.2f}, {r['diff_ci_high']:+.2f}] | {r['pairs']} ({r['prompts']}) |")
+    compared = [r for r in spreads if r.get("ratio_vs_bon") is not None]
+    if compared:
+        print("\n**Diversity**: how far apart a prompt's winners are across seeds (mean pairwise RMS at 16x16, "
+              "[0, 1] units), against best-of-N's on the same prompts and seeds\n")
+        print("| suite/split | reward | method | K | spread | best-of-n | ratio | difference [95% CI] | prompts (seeds) |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in compared:
+            print(f"| {r['suite']}/{r['split']} | {r['reward_model']} | {r['method']} | {r['K']} | {r['spread']:.3f} | "
+                  f"{r['bon_spread']:.3f} | {r['ratio_vs_bon']:.2f} | {r['diff_vs_bon']:+.3f} [{r['diff_ci_low']:+.3f}, "
+                  f"{r['diff_ci_high']:+.3f}] | {r['paired_prompts']} ({r['seeds']}) |")
     print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
     if args.docs is not None:
         print("docs rows:", ", ".join(str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p)
@@ -557,6 +619,8 @@ def main(argv=None):
     p.add_argument("--out", type=Path, default=RESULTS / "shapes_geneval.json")
     p.add_argument("--docs", type=Path, nargs="?", const=DOCS_RESULTS, default=None, metavar="FOLDER",
                    help="also write each method's test-split rows into FOLDER/<method>.md (default: docs/results)")
+    p.add_argument("--pools", type=Path, nargs="*", default=[],
+                   help="pool folders holding the winners' images: adds the winners' diversity across seeds")
     args = ap.parse_args(argv)
     {"run": run, "score": score, "report": report}[args.command](args)
 

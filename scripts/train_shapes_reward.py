@@ -6,7 +6,10 @@
     python scripts/train_shapes_reward.py --init-from evosearch/bundled/assets/shapes/reward-v1 \
         --steps 700 --lr 1e-3 --seed 1 --out /tmp/reward-v2                 # v2 (not bundled any more)
     python scripts/train_shapes_reward.py --init-from /tmp/reward-v2 --steps 1000 --lr 5e-4 --threads 1 \
-        --relation-negatives --focus position --focus-share 0.5            # shapes-clip (v3, bundled)
+        --relation-negatives --focus position --focus-share 0.5 --out /tmp/reward-v3   # v3 (not bundled any more)
+    python scripts/train_shapes_reward.py --init-from /tmp/reward-v3 --steps 500 --lr 1e-3 --threads 1 \
+        --focus counting --focus-share 0.75 --image-negatives 2 \
+        --only-words one two three four circles squares triangles           # shapes-clip (v4, bundled)
 
 Data: rendered scenes (``shapes.render``) of random prompts from every category, degraded the
 way generated images are (Gaussian blur, pixel noise, brightness and contrast jitter), each
@@ -21,6 +24,9 @@ with its prompt. Loss: CLIP's symmetric InfoNCE over the batch with hard negativ
 scene with a relation: without it, the flip is one perturbation in eight and the reward learns
 to read which objects are there but barely where (v2 preferred a judge-correct generated
 sample over the same sample under its flipped relation 60% of the time; v3 93%).
+``--only-words`` trains nothing but those words' embeddings: v4 is v3 with the counting words
+retuned against renders of five objects for "four" (v3 scored a generated five above a correct four),
+so every prompt without them (every category but counting) scores exactly as under v3.
 It never sees a generated image or the judge. Deterministic: one random stream per step.
 Writes ``evosearch/bundled/assets/shapes/reward/`` (config.json, weights, training_summary.json).
 """
@@ -69,7 +75,24 @@ def parse_args(argv=None):
     p.add_argument("--relation-negatives", action="store_true",
                    help="for every scene with a relation, its first text negative is the flipped relation and its "
                         "first image negative a render of the flipped scene (the same objects, places swapped)")
+    p.add_argument("--only-words", nargs="+", default=None, metavar="WORD",
+                   help="train only these words' token embeddings, everything else frozen: a prompt without them "
+                        "scores exactly as before (e.g. the counting words, which no other category uses)")
     return p.parse_args(argv)
+
+
+def word_embedding_rows(model: ShapesCLIPModel, tokenizer, words: list[str]) -> torch.Tensor:
+    """Freeze ``model`` but the token embeddings of ``words``; returns the mask of the rows that stay."""
+    unknown = [w for w in words if w not in tokenizer.get_vocab()]
+    if unknown:
+        raise SystemExit(f"--only-words: {unknown} are not words of the grammar ({', '.join(tokenizer.get_vocab())})")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    table = model.text_encoder.get_input_embeddings().weight
+    table.requires_grad_(True)
+    frozen = torch.ones(len(table), dtype=torch.bool)
+    frozen[tokenizer.convert_tokens_to_ids(words)] = False
+    return frozen
 
 
 def degrade(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -90,8 +113,9 @@ def degrade(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 def hard_negative_scene(spec: SceneSpec, rng: np.random.Generator) -> SceneSpec:
     """A scene a generator gets wrong for ``spec`` (to render, not to say): one attribute changed
-    (``perturb_spec``), or, for scenes of two or more objects, one object missing or one extra.
-    The result may be outside the grammar (three different objects); it is only drawn."""
+    (``perturb_spec``), or, for scenes of two or more objects, one object missing or one extra
+    (for counting, one more of the same: five for "four", which no prompt can ask for).
+    The result may be outside the grammar (three different objects, five); it is only drawn."""
     objs = spec.objects
     kind = rng.random()
     if kind < 0.15 and len(objs) >= 2:  # one missing
@@ -101,6 +125,8 @@ def hard_negative_scene(spec: SceneSpec, rng: np.random.Generator) -> SceneSpec:
     if kind < 0.3 and len(objs) <= 3 and spec.category != "counting":  # one extra
         extra = ObjectSpec(SHAPES[rng.integers(len(SHAPES))], COLORS[rng.integers(len(COLORS))])
         return SceneSpec("two_object", (*objs, extra))
+    if kind < 0.3 and spec.category == "counting" and len(objs) >= 2:  # one more of the same
+        return SceneSpec("counting", (*objs, objs[0]))
     return perturb_spec(spec, rng)
 
 
@@ -179,7 +205,11 @@ def main(argv=None):
         model = ShapesCLIPModel(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                                 bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    frozen_rows = word_embedding_rows(model, tokenizer, args.only_words) if args.only_words else None
+    table = model.text_encoder.get_input_embeddings().weight
+    kept = table.detach()[frozen_rows].clone() if frozen_rows is not None else None
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr,
+                            weight_decay=0.0 if frozen_rows is not None else 1e-4)
     warmup = 100
     t0 = time.time()
     log = []
@@ -191,7 +221,8 @@ def main(argv=None):
                                               args.image_negatives, focus=args.focus, focus_share=args.focus_share,
                                               relation_negatives=args.relation_negatives)
         g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        images = model.encode_image(degrade(torch.cat([x, x_neg]), g))
+        with torch.set_grad_enabled(frozen_rows is None):  # a frozen image encoder needs no graph
+            images = model.encode_image(degrade(torch.cat([x, x_neg]), g))
         img, img_neg = images[: len(x)], images[len(x):]
         txt = model.encode_text(torch.cat([pos_ids, neg_ids]))
         scale = model.logit_scale.exp().clamp(max=100)
@@ -204,6 +235,9 @@ def main(argv=None):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if frozen_rows is not None:
+            with torch.no_grad():
+                table[frozen_rows] = kept  # exactly as loaded, whatever the optimizer did
         if (step + 1) % 100 == 0:
             entry = {"step": step + 1, "loss": round(loss.item(), 4), "seconds": round(time.time() - t0, 1)}
             log.append(entry)
@@ -218,7 +252,7 @@ def main(argv=None):
                "text_negatives": args.text_negatives, "image_negatives": args.image_negatives,
                "init_from": args.init_from.name if args.init_from else None,
                "focus": args.focus, "focus_share": args.focus_share if args.focus else None,
-               "relation_negatives": args.relation_negatives,
+               "relation_negatives": args.relation_negatives, "only_words": args.only_words,
                "train_minutes": round((time.time() - t0) / 60, 1), "torch": torch.__version__,
                "parameters": sum(p.numel() for p in model.parameters()),
                "heldout_pairwise_accuracy": heldout, "loss_log": log}

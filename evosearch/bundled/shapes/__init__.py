@@ -53,9 +53,9 @@ def load_pipeline(variant: str = "diffusion", device: str | torch.device = "cpu"
     return pipe.to(device)
 
 
-def load_reward(path: str | Path | None = None, device: str | torch.device = "cpu", version: str = "v3"):
+def load_reward(path: str | Path | None = None, device: str | torch.device = "cpu", version: str = "v4"):
     """The learned contrastive reward (:class:`~.reward.ShapesCLIPScore`): the bundled ``version``
-    ("v3", the default, or the weak "v1"), or one saved at ``path``."""
+    ("v4", the default, or the weak "v1"), or one saved at ``path``."""
     from ...core.validation import check_choice
     from .reward import ShapesCLIPScore
 

@@ -1,7 +1,7 @@
 """The shapes world's procedural renderer: a scene that satisfies a prompt, for any seed.
 
 Scenes are 32x32 RGB: a dark background (a random shade of near-black) and 1-4 filled
-objects (circle, upright triangle, axis-aligned square) in palette colours with small
+objects (5 only for a training negative: one more than "four") (circle, upright triangle, axis-aligned square) in palette colours with small
 colour jitter, random sizes and positions, never touching (a gap of at least 2 pixels),
 anti-aliased by 4x supersampling. Unspecified attributes of a prompt (a colour it does
 not name) are drawn at random, so ``render(prompt, seed)`` over seeds covers everything
@@ -21,7 +21,7 @@ IMAGE_SIZE = 32
 SUPERSAMPLE = 4
 MIN_GAP = 2.0          # pixels between object bounding boxes
 #: object size (bounding-box side, pixels) by the number of objects in the scene
-SIZE_RANGE = {1: (10, 15), 2: (8, 12), 3: (7, 10), 4: (7, 9)}
+SIZE_RANGE = {1: (10, 15), 2: (8, 12), 3: (7, 10), 4: (7, 9), 5: (6, 8)}
 #: a relation is drawn with its main displacement at least this many pixels and at least
 #: twice the cross displacement, so it reads unambiguously
 RELATION_MIN_SHIFT = 6.0

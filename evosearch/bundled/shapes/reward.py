@@ -28,9 +28,9 @@ from .model import MAX_LENGTH, build_tokenizer
 from .render import IMAGE_SIZE
 
 
-#: bundled reward versions (folders under assets/shapes): "v3" (the default, trained with hard negatives
+#: bundled reward versions (folders under assets/shapes): "v4" (the default, trained with hard negatives
 #: on both sides) and "v1" (the weak one, text-side negatives only: how reward hacking looks)
-REWARD_VERSIONS = {"v3": "reward", "v1": "reward-v1"}
+REWARD_VERSIONS = {"v4": "reward", "v1": "reward-v1"}
 
 
 class ShapesCLIPModel(ModelMixin, ConfigMixin):
@@ -73,19 +73,19 @@ class ShapesCLIPScore(Reward):
     Args:
         path: a folder saved with ``ShapesCLIPModel.save_pretrained`` (default: the bundled one).
         device: where the model runs.
-        version: which bundled model when ``path`` is None: "v3" (default) or "v1" (the weak one).
+        version: which bundled model when ``path`` is None: "v4" (default) or "v1" (the weak one).
     """
 
     name = "shapes_clip"
 
     def __init__(self, path: str | Path | None = None, device: str | torch.device = "cpu", batch_size: int = 256,
-                 version: str = "v3"):
+                 version: str = "v4"):
         folder = Path(path) if path is not None else asset_path("shapes", REWARD_VERSIONS[version])
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"path: no shapes reward model at {folder} (expected config.json and weights); "
                                     "run scripts/train_shapes_reward.py")
         self.source = f"bundled shapes/{REWARD_VERSIONS[version]}" if path is None else Path(path).name
-        if path is None and version != "v3":
+        if path is None and version != "v4":
             self.name = f"shapes_clip_{version}"
         self.device = torch.device(device)
         self.model = ShapesCLIPModel.from_pretrained(str(folder)).eval().to(self.device)
