@@ -109,19 +109,22 @@ def scores(reward, images: np.ndarray, prompt: str) -> np.ndarray:
 
 
 def screening_winner(pool: dict, previews_of, final_rewards: np.ndarray, k: int, method) -> tuple[int, dict] | None:
-    """The index of the winner that ``method`` (EvoSearch with elites-only screening) picks at budget
-    K from this pool, and its plan; None when the pool is too small or the plan mutates. Exact: the
-    finished rows are the pool's candidates (``tests/test_search.py::
-    test_evosearch_screening_finishes_the_best_previews_as_best_of_n_draws_them``)."""
+    """The index of the winner that ``method`` (EvoSearch with elites-only screening, at one step or
+    several) picks at budget K from this pool, and its plan; None when the pool is too small or the
+    plan mutates. Exact: the finished rows are the pool's candidates (``tests/test_search.py::
+    test_evosearch_screening_finishes_the_best_previews_as_best_of_n_draws_them``, ``::
+    test_staged_screening_finishes_the_best_of_the_best_previews_as_best_of_n_draws_them``)."""
     plan = method.plan(k * STEPS, STEPS)
     d = plan.details
-    if not d.get("screen") or d["elite_size"] != d["population_schedule"][1]:
+    if not d.get("screen") or d["elite_size"] != d["population_schedule"][-1]:
         return None
-    (step,), (screened, finished) = d["evolution_schedule"], d["population_schedule"]
-    if screened > len(final_rewards) or f"preview_{step}" not in pool:
+    steps, sizes = d["evolution_schedule"], d["population_schedule"]
+    if sizes[0] > len(final_rewards) or any(f"preview_{s}" not in pool for s in steps):
         return None
-    top = np.argsort(-previews_of(step)[:screened], kind="stable")[:finished]
-    return int(top[np.argmax(final_rewards[top])]), {"nfe": plan.nfe, "screened": screened, "step": step}
+    alive = np.arange(sizes[0])
+    for step, keep in zip(steps, sizes[1:]):
+        alive = alive[np.argsort(-previews_of(step)[alive], kind="stable")[:keep]]
+    return int(alive[np.argmax(final_rewards[alive])]), {"nfe": plan.nfe, "screened": sizes[0], "step": steps[0]}
 
 
 def pool_records(pool: dict, prompt, category, seed, suite, split, reward_name, reward, judge, ks,

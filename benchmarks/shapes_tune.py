@@ -28,33 +28,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from evosearch import EvoSearch  # noqa: E402
 from evosearch.bundled import shapes  # noqa: E402
 from evosearch.evaluation import paired_difference, roc_auc  # noqa: E402
 from evosearch.io import atomic_write_json  # noqa: E402
 from evosearch.registry import load_reward  # noqa: E402
 from evosearch.search.ops.schedules import screening_schedule  # noqa: E402
-from shapes_geneval import STEPS, scores  # noqa: E402
+from shapes_geneval import STEPS, scores, screening_winner  # noqa: E402
 from shapes_pool import load_pool  # noqa: E402
-
-
-def staged_schedule(nfe_budget: int, stages: list[tuple[int, float]]) -> list[int]:
-    """Rows alive at each stage, [screened, after stage 1, ..., finished], for the widest first
-    generation whose cost fits ``nfe_budget``; [] if none. A row ranked at step s has paid s + 1
-    NFE (the prediction there is step s's own), and the rows kept go on from there."""
-    def sizes(n):
-        out = [n]
-        for _, keep in stages:
-            out.append(max(1, int(round(keep * out[-1]))))
-        return out
-
-    def cost(rows):
-        bounds = [0] + [s + 1 for s, _ in stages] + [STEPS]  # the preview at step s is step s's own NFE
-        return sum(r * (b - a) for r, a, b in zip(rows, bounds, bounds[1:]))
-
-    n, best = 1, []
-    while cost(sizes(n)) <= nfe_budget:
-        best, n = sizes(n), n + 1
-    return best
 
 
 def main(argv=None):
@@ -69,8 +50,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, nargs="+", default=None, help="screening steps (default: every preview)")
     ap.add_argument("--agreement", action="store_true", help="also pick the winner on final + preview z-scores")
     ap.add_argument("--stages", nargs="*", default=[], metavar="S:KEEP,S:KEEP",
-                    help="multi-stage screenings to try, e.g. 4:0.5,8:0.25 (rank at step 4 and keep half, then at "
-                         "step 8 keep a quarter of those, finish them)")
+                    help="EvoSearch screenings ranked at several steps to try, e.g. 4:0.5,8:0.25 (rank at step 4 and "
+                         "keep half, then at step 8 keep a quarter of those, finish them)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "shapes_tune.json")
     args = ap.parse_args(argv)
     reward = load_reward(args.reward)
@@ -106,16 +87,14 @@ def main(argv=None):
                             records.append({**base, "method": f"screen s={s} keep={q} agree", "K": k,
                                             "judge": bool(correct[w]), "screened": screened})
                 for spec in args.stages:
-                    stages = [(int(a), float(b)) for a, b in (x.split(":") for x in spec.split(","))]
-                    rows = staged_schedule(k * STEPS, stages)
-                    if not rows or rows[0] > n or any(f"preview_{s}" not in pool for s, _ in stages):
-                        continue
-                    alive = np.arange(rows[0])
-                    for (s, _), keep in zip(stages, rows[1:]):
-                        alive = alive[np.argsort(-previews[s][alive], kind="stable")[:keep]]
-                    w = alive[np.argmax(final[alive])]
-                    records.append({**base, "method": f"stages {spec}", "K": k, "judge": bool(correct[w]),
-                                    "screened": rows[0]})
+                    stages = [x.split(":") for x in spec.split(",")]
+                    method = EvoSearch(screen_fraction=tuple(int(a) / STEPS for a, _ in stages),
+                                       keep_fraction=tuple(float(b) for _, b in stages))
+                    found = screening_winner(pool, previews.__getitem__, final, k, method)
+                    if found is not None:
+                        w, info = found
+                        records.append({**base, "method": f"stages {spec}", "K": k, "judge": bool(correct[w]),
+                                        "screened": info["screened"]})
                 for more in (2, 4):  # what screening aims at: best-of-N with more compute
                     if more * k <= n:
                         records.append({**base, "method": f"best-of-{more}K", "K": k,

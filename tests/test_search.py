@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from evosearch import BestOfN, EvoSearch, SearchPipeline
+from evosearch.core.validation import ParameterError
 from evosearch.search import auto_schedule, schedule_cost
-from evosearch.search.ops.schedules import screening_cost, screening_schedule
+from evosearch.search.ops.schedules import screening_cost, screening_schedule, staged_screening_cost
 
 STEPS = 6
 
@@ -107,6 +108,46 @@ def test_evosearch_screening_finishes_the_best_previews_as_best_of_n_draws_them(
                        atol=1e-5)
     replayed = s.replay(out.best.lineage, output_type="pt")
     assert torch.allclose(replayed, out.best.image, atol=1 / 255)
+
+
+def test_staged_screening_finishes_the_best_of_the_best_previews_as_best_of_n_draws_them(pixel_pipe, brightness):
+    """Screening at two steps, elites only: the rows kept at the first step go on as they are, and
+    the finished samples are exactly best-of-N's candidates whose preview was among the best at the
+    first step and, of those, at the second; the NFE is the staged cost."""
+    method = EvoSearch(screen_fraction=(0.34, 0.67), keep_fraction=(0.5, 0.5))
+    s = search(pixel_pipe, brightness, method)
+    out = s("", seed=5, num_inference_steps=STEPS, nfe_budget=12 * STEPS, output_type="pt", progress=False)
+    plan = out.settings["plan"]
+    steps, sizes = plan["evolution_schedule"], plan["population_schedule"]
+    assert steps == [2, 4] and len(sizes) == 3 and sizes[0] > 12
+    assert out.stats.nfe == plan["nfe"] == staged_screening_cost(sizes, plan["elite_size"], steps, STEPS) <= 12 * STEPS
+    first, second = [h for h in out.history if h["preview"]]
+    assert len(first["rewards"]) == sizes[0] and len(second["rewards"]) == sizes[1]
+    assert first["elites"] == [int(k) for k in np.argsort(-np.asarray(first["rewards"]), kind="stable")[:sizes[1]]]
+    finished_rows = [first["elites"][k] for k in second["elites"]]
+    ref = s("", seed=5, num_inference_steps=STEPS, method=BestOfN(n=sizes[0]), output_type="pt", progress=False)
+    in_order = [r for h in ref.history for r in h["rewards"]]
+    final = [r for h in out.history if not h["preview"] for r in h["rewards"]]
+    assert len(final) == sizes[2]
+    assert np.allclose(sorted(final), sorted(in_order[k] for k in finished_rows), atol=1e-5)
+    replayed = s.replay(out.best.lineage, output_type="pt")
+    assert torch.allclose(replayed, out.best.image, atol=1 / 255)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(screen_fraction=(0.2, 0.4), keep_fraction=0.25), "screen_fraction, keep_fraction: one share"),
+    (dict(screen_fraction=(0.4, 0.2), keep_fraction=(0.5, 0.5)), "screen_fraction: the screening steps must increase"),
+    (dict(screen_fraction=(0.2, 1.2), keep_fraction=(0.5, 0.5)), "screen_fraction"),
+    (dict(screen_fraction=(0.2, 0.4), keep_fraction=(0.5, 0.0)), "keep_fraction"),
+])
+def test_staged_screening_refuses_bad_stages_by_name(kwargs, match):
+    with pytest.raises(ParameterError, match=match):
+        EvoSearch(**kwargs)
+
+
+def test_staged_screening_merges_stages_that_round_to_one_step():
+    steps, keeps = EvoSearch(screen_fraction=(0.3, 0.35), keep_fraction=(0.5, 0.5)).screening_steps(4)
+    assert steps == [1] and keeps == [0.25]
 
 
 def test_evosearch_screening_with_mutated_children(pixel_pipe, brightness):

@@ -9,8 +9,8 @@ import numpy as np
 from ..core.records import Plan
 from ..core.validation import ParameterError, check_choice, check_int, check_number
 from .method import SearchMethod, need_budget, over_budget
-from .ops.schedules import (auto_schedule, default_elite, schedule_cost, screening_cost, screening_schedule,
-                            validate_schedules)
+from .ops.schedules import (auto_schedule, default_elite, schedule_cost, staged_screening_cost,
+                            staged_screening_schedule, validate_schedules)
 from .ops.selection import elites, tournament
 
 PRESETS = {
@@ -62,7 +62,10 @@ class EvoSearch(SearchMethod):
     the budget allows. Composition (which objects, where, which colour) is settled by the
     middle of the trajectory, so a preview ranks starts almost as well as a finished sample at
     a fraction of the cost: the search sees several times more starts than best-of-N at equal
-    NFE. Segment (video) models, fewer than 3 steps, and ``screen_fraction=None`` use the population scheduler
+    NFE. A tuple ``screen_fraction`` ranks at several steps (``keep_fraction`` a tuple of as many
+    shares, each of the rows that reached that step): the rows kept at one step go on, as they are,
+    to the next, and the last step's are finished as above
+    (:func:`~evosearch.search.ops.schedules.staged_screening_schedule`). Segment (video) models, fewer than 3 steps, and ``screen_fraction=None`` use the population scheduler
     (:func:`~evosearch.search.ops.schedules.auto_schedule`) instead (full rollouts per generation).
     """
 
@@ -73,8 +76,8 @@ class EvoSearch(SearchMethod):
     tournament_fraction: float = 0.9
     intermediate_mutation: str = "resample"
     intermediate_rate: float = 0.5
-    screen_fraction: float | None = 0.3
-    keep_fraction: float = 0.25
+    screen_fraction: float | tuple | None = 0.3
+    keep_fraction: float | tuple = 0.25
     elite_fraction: float = 1.0
 
     name = "evosearch"
@@ -100,10 +103,24 @@ class EvoSearch(SearchMethod):
         check_number("tournament_fraction", self.tournament_fraction, 0.0, 1.0, lo_open=True)
         check_choice("intermediate_mutation", self.intermediate_mutation, INTERMEDIATE_MUTATIONS)
         check_number("intermediate_rate", self.intermediate_rate, 0.0, 1.0, lo_open=True)
+        for f in ("screen_fraction", "keep_fraction"):
+            if isinstance(getattr(self, f), list):
+                object.__setattr__(self, f, tuple(getattr(self, f)))
+        staged = isinstance(self.screen_fraction, tuple) or isinstance(self.keep_fraction, tuple)
+        screens = self.screen_fraction if isinstance(self.screen_fraction, tuple) else (self.screen_fraction,)
+        keeps = self.keep_fraction if isinstance(self.keep_fraction, tuple) else (self.keep_fraction,)
         if self.screen_fraction is not None:
-            check_number("screen_fraction", self.screen_fraction, 0.0, 1.0, lo_open=True, hi_open=True,
-                         hint=" (None: full rollouts per generation)")
-        check_number("keep_fraction", self.keep_fraction, 0.0, 1.0, lo_open=True)
+            if staged and (len(screens) != len(keeps) or not screens):
+                raise ParameterError(f"screen_fraction, keep_fraction: one share kept per screening step, got "
+                                     f"{self.screen_fraction!r} and {self.keep_fraction!r}")
+            for f in screens:
+                check_number("screen_fraction", f, 0.0, 1.0, lo_open=True, hi_open=True,
+                             hint=" (a fraction of the steps, or a tuple of increasing ones; None: full rollouts "
+                                  "per generation)")
+            if any(b <= a for a, b in zip(screens, screens[1:])):
+                raise ParameterError(f"screen_fraction: the screening steps must increase, got {self.screen_fraction!r}")
+        for f in keeps:
+            check_number("keep_fraction", f, 0.0, 1.0, lo_open=True)
         check_number("elite_fraction", self.elite_fraction, 0.0, 1.0, lo_open=True)
         if self.evolution_schedule is not None:
             validate_schedules(self.evolution_schedule, self.population_schedule,
@@ -122,12 +139,11 @@ class EvoSearch(SearchMethod):
         if (self.evolution_schedule is None and self.screen_fraction is not None and num_segments is None
                 and num_steps >= 3):
             need_budget("EvoSearch()", "schedules", nfe_budget)
-            s = min(num_steps - 2, max(1, int(round(self.screen_fraction * num_steps))))
-            screened, finished, elite = screening_schedule(nfe_budget, num_steps, s, self.keep_fraction,
-                                                           self.elite_fraction)
-            cost = screening_cost(screened, finished, elite, s, num_steps)
-            return Plan(self.name, cost, finished,
-                        {"evolution_schedule": [s], "population_schedule": [screened, finished], "elite_size": elite,
+            steps, keeps = self.screening_steps(num_steps)
+            sizes, elite = staged_screening_schedule(nfe_budget, num_steps, steps, keeps, self.elite_fraction)
+            cost = staged_screening_cost(sizes, elite, steps, num_steps)
+            return Plan(self.name, cost, sizes[-1],
+                        {"evolution_schedule": steps, "population_schedule": sizes, "elite_size": elite,
                          "screen": True})
         if self.evolution_schedule is None:
             need_budget("EvoSearch()", "schedules", nfe_budget)
@@ -142,6 +158,21 @@ class EvoSearch(SearchMethod):
         over_budget("EvoSearch's schedules", cost, nfe_budget, num_steps)
         return Plan(self.name, cost, sum(pop), {"evolution_schedule": list(evo), "population_schedule": list(pop),
                                                 "elite_size": elite})
+
+    def screening_steps(self, num_steps: int) -> tuple[list[int], list[float]]:
+        """The screening steps (in [1, num_steps - 2]) and the share kept at each; stages that round
+        to the same step as the one before merge (their shares multiply)."""
+        fractions = self.screen_fraction if isinstance(self.screen_fraction, tuple) else (self.screen_fraction,)
+        keeps = self.keep_fraction if isinstance(self.keep_fraction, tuple) else (self.keep_fraction,)
+        steps, kept = [], []
+        for f, keep in zip(fractions, keeps):
+            s = min(num_steps - 2, max(1, int(round(f * num_steps))))
+            if steps and s <= steps[-1]:
+                kept[-1] *= keep
+            else:
+                steps.append(s)
+                kept.append(keep)
+        return steps, kept
 
     def requirements(self, plan: Plan) -> frozenset:
         late = any(e > 0 for e in plan["evolution_schedule"])
@@ -165,19 +196,26 @@ class EvoSearch(SearchMethod):
                                                         archive_at=[x for x in evo if x > e])
 
     def run_screening(self, run) -> None:
-        """Generation 0 scored on x0 previews at the screening step, generation 1 finished from there."""
-        (s,), (screened, finished), elite = (run.plan["evolution_schedule"], run.plan["population_schedule"],
-                                             run.plan["elite_size"])
-        pop, _ = run.rollout(run.initial(screened), end=s)
-        prediction = run.predict(pop)
-        previews = run.score_preview(prediction, plain_from=pop)
+        """Generation 0 scored on x0 previews at each screening step (the best go on as they are),
+        generation 1 finished from the last one."""
+        steps, sizes, elite = (run.plan["evolution_schedule"], run.plan["population_schedule"],
+                               run.plan["elite_size"])
+        pop, _ = run.rollout(run.initial(sizes[0]), end=steps[0])
+        for stage, s in enumerate(steps):
+            prediction = run.predict(pop)
+            previews = run.score_preview(prediction, plain_from=pop if stage == 0 else None)
+            if stage + 1 < len(steps):
+                best = elites(previews, sizes[stage + 1])
+                run.log_preview(previews, step=s, generation=0, elites=[int(k) for k in best], parents=[])
+                pop, _ = run.rollout(run.advance(pop.select(best), prediction.select(best)), end=steps[stage + 1])
+        finished = sizes[-1]
         best = elites(previews, elite)
         parents = tournament(previews, finished - elite, run.rng, self.tournament_fraction)
-        run.log_preview(previews, step=s, generation=0, elites=[int(k) for k in best],
+        run.log_preview(previews, step=steps[-1], generation=0, elites=[int(k) for k in best],
                         parents=[int(k) for k in parents])
         kept = run.advance(pop.select(best), prediction.select(best))  # the best go on as they are
         rollout = [kept]
         if len(parents):
             rollout.append(run.branch(pop, parents, self.intermediate_mutation, rate=self.intermediate_rate))
         for part in rollout:
-            run.rollout_and_evaluate(part, generation=1, step=s)
+            run.rollout_and_evaluate(part, generation=1, step=steps[-1])

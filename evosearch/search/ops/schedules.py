@@ -79,30 +79,54 @@ def steps_at_fractions(fractions: Sequence[float], num_steps: int, lo: int = 0) 
     return steps
 
 
+def staged_screening_cost(sizes: Sequence[int], elite: int, screen_steps: Sequence[int], num_steps: int) -> int:
+    """NFE of a screening generation ranked at several steps: ``sizes[0]`` rows denoised to
+    ``screen_steps[0]`` plus the prediction there (its x0 preview is scored); the ``sizes[i]`` best go
+    on from that prediction to the next screening step and its prediction; at the last one ``elite``
+    of the ``sizes[-1]`` finished rows go on from the prediction and ``sizes[-1] - elite`` mutated
+    children are denoised from the step to the end."""
+    steps, T = list(screen_steps), num_steps
+    cost = sizes[0] * (steps[0] + 1)
+    for rows, a, b in zip(sizes[1:-1], steps, steps[1:]):
+        cost += rows * (b - a)
+    last = steps[-1]
+    return cost + elite * (T - last - 1) + (sizes[-1] - elite) * (T - last)
+
+
 def screening_cost(screened: int, finished: int, elite: int, screen_step: int, num_steps: int) -> int:
-    """NFE of a screening generation: ``screened`` rows denoised to ``screen_step`` plus the prediction
-    there (its x0 preview is scored), then ``elite`` of them go on from that prediction and
-    ``finished - elite`` mutated children are denoised from ``screen_step`` to the end."""
-    s, T = screen_step, num_steps
-    return screened * (s + 1) + elite * (T - s - 1) + (finished - elite) * (T - s)
+    """NFE of a screening generation ranked at one step (:func:`staged_screening_cost`)."""
+    return staged_screening_cost((screened, finished), elite, (screen_step,), num_steps)
+
+
+def staged_screening_schedule(nfe_budget: int, num_steps: int, screen_steps: Sequence[int],
+                              keep_fractions: Sequence[float], elite_fraction: float = 1.0) -> tuple[list[int], int]:
+    """(sizes, elite): the widest screening generation within ``nfe_budget`` ranked at each of
+    ``screen_steps`` (increasing), keeping ``round(keep_fractions[i] * rows)`` (at least 1) at step i;
+    the last stage's rows are finished, ``round(elite_fraction * finished)`` of them the best
+    previews as they are, the rest mutated children; leftover budget finishes more elites.
+    ``sizes`` = [screened, kept at each step...] (the last: finished). A ParameterError when not
+    even one row fits."""
+    check_int("nfe_budget", nfe_budget, lo=num_steps, hint=" (one trajectory = num_inference_steps NFE)")
+
+    def sizes(n: int) -> tuple[list[int], int]:
+        rows = [n]
+        for keep in keep_fractions:
+            rows.append(min(rows[-1], max(1, int(round(keep * rows[-1])))))
+        return rows, min(rows[-1], max(1, int(round(elite_fraction * rows[-1]))))
+
+    n = 1
+    while staged_screening_cost(*sizes(n + 1), screen_steps, num_steps) <= nfe_budget:
+        n += 1
+    rows, elite = sizes(n)
+    while rows[-1] < rows[-2] and staged_screening_cost(rows[:-1] + [rows[-1] + 1], elite + 1, screen_steps,
+                                                        num_steps) <= nfe_budget:
+        rows[-1], elite = rows[-1] + 1, elite + 1
+    return rows, elite
 
 
 def screening_schedule(nfe_budget: int, num_steps: int, screen_step: int, keep_fraction: float,
                        elite_fraction: float = 1.0) -> tuple[int, int, int]:
-    """(screened, finished, elite): the widest screening generation within ``nfe_budget`` that
-    finishes ``round(keep_fraction * screened)`` rows (at least 1), ``round(elite_fraction *
-    finished)`` of them the best previews as they are, the rest mutated children; leftover budget
-    finishes more elites. A ParameterError when not even one row fits."""
-    check_int("nfe_budget", nfe_budget, lo=num_steps, hint=" (one trajectory = num_inference_steps NFE)")
-
-    def sizes(n: int) -> tuple[int, int]:
-        finished = min(n, max(1, int(round(keep_fraction * n))))
-        return finished, min(finished, max(1, int(round(elite_fraction * finished))))
-
-    n = 1
-    while screening_cost(n + 1, *sizes(n + 1), screen_step, num_steps) <= nfe_budget:
-        n += 1
-    finished, elite = sizes(n)
-    while finished < n and screening_cost(n, finished + 1, elite + 1, screen_step, num_steps) <= nfe_budget:
-        finished, elite = finished + 1, elite + 1
-    return n, finished, elite
+    """(screened, finished, elite) of a screening ranked at one step (:func:`staged_screening_schedule`)."""
+    (screened, finished), elite = staged_screening_schedule(nfe_budget, num_steps, (screen_step,), (keep_fraction,),
+                                                            elite_fraction)
+    return screened, finished, elite
