@@ -128,9 +128,13 @@ def screening_winner(pool: dict, previews_of, final_rewards: np.ndarray, k: int,
 
 
 def pool_records(pool: dict, prompt, category, seed, suite, split, reward_name, reward, judge, ks,
-                 seconds_per_candidate, methods=("best-of-n", "evosearch")) -> list[dict]:
+                 seconds_per_candidate, methods=("best-of-n", "evosearch"), evosearch_options: dict | None = None
+                 ) -> list[dict]:
     """Best-of-K (K in ``ks``), plain and oracle records of one pool under one reward; with
-    "evosearch" in ``methods``, also the default EvoSearch's winners where the pool holds them."""
+    "evosearch" in ``methods``, also EvoSearch's winners where the pool holds them (the default, or
+    ``EvoSearch(**evosearch_options)``, labelled as ``run`` labels it)."""
+    options = evosearch_options or {}
+    label = "evosearch" + "".join(f"[{k}={v}]" for k, v in sorted(options.items()))
     final = pool["final"]
     rewards = scores(reward, final, prompt)
     verdicts = judge(final, prompt)
@@ -151,14 +155,14 @@ def pool_records(pool: dict, prompt, category, seed, suite, split, reward_name, 
         cache = {}
         previews_of = lambda step: cache.setdefault(step, scores(reward, pool[f"preview_{step}"], prompt))  # noqa
         for k in ks:
-            found = screening_winner(pool, previews_of, rewards, k, build_method("evosearch"))
+            found = screening_winner(pool, previews_of, rewards, k, build_method("evosearch", **options))
             if found is None:
                 continue
             w, info = found
             step = info["step"]  # the plain reference of a screening search: the first previews at its step
             shown = pool[f"preview_{step}"][:PLAIN_SAMPLES]
             shown_correct = np.asarray([v["correct"] for v in judge(shown, prompt)])
-            rows.append({**base, "method": "evosearch", "K": k, "nfe": info["nfe"], "reward": float(rewards[w]),
+            rows.append({**base, "method": label, "K": k, "nfe": info["nfe"], "reward": float(rewards[w]),
                          "judge": bool(verdicts[w]["correct"]), "valid": bool(verdicts[w]["valid"]), "seconds": None,
                          "image": image_hash(final[w]), "source": "pool", "screened": info["screened"],
                          "warning": hacking_suspected(rewards[w], correct[w], previews_of(step)[:PLAIN_SAMPLES],
@@ -173,6 +177,16 @@ def pool_records(pool: dict, prompt, category, seed, suite, split, reward_name, 
     return rows
 
 
+def parse_options(specs: list[str]) -> dict[str, dict]:
+    """``METHOD:KEY=VALUE`` strings (VALUE a Python literal) -> {method: {key: value}}."""
+    options = {}
+    for spec in specs:
+        m, _, kv = spec.partition(":")
+        key, _, value = kv.partition("=")
+        options.setdefault(m, {})[key] = ast.literal_eval(value)
+    return options
+
+
 def run(args) -> None:
     torch.set_num_threads(args.threads)
     prompts = shapes.suite_prompts(args.suite, args.split)
@@ -184,11 +198,7 @@ def run(args) -> None:
     search = SearchPipeline.from_pipe(pipe, reward=reward, max_batch_size=args.max_batch_size, judge=False)
     done = {record_key(r) for r in read_records(args.records)}
     split_of = {p: s for s in ("tune", "test") for _, p in shapes.suite_prompts(args.suite, s)}
-    options = {}
-    for spec in args.option:
-        m, _, kv = spec.partition(":")
-        key, _, value = kv.partition("=")
-        options.setdefault(m, {})[key] = ast.literal_eval(value)
+    options = parse_options(args.option)
     t_start = time.time()
     for name in args.methods:
         label = name + "".join(f"[{k}={v}]" for k, v in sorted(options.get(name, {}).items()))
@@ -242,7 +252,7 @@ def score(args) -> None:
                 continue
             per = float(pool["seconds"]) / len(pool["final"]) if "seconds" in pool else None
             rows = pool_records(pool, prompt, category, seed, args.suite, split_of[prompt], args.reward, reward, judge,
-                                args.budgets, per)
+                                args.budgets, per, evosearch_options=parse_options(args.option).get("evosearch"))
             for r in rows:
                 r.setdefault("source", "pool")
             rows = [r for r in rows if record_key(r) not in done]
@@ -377,7 +387,7 @@ def diversity(records: list[dict], pools: list[Path]) -> list[dict]:
     spread = {cell: {p: winner_spread(list(by_seed.values())) for p, by_seed in per.items() if len(by_seed) > 1}
               for cell, per in cells.items()}
     rows = []
-    for cell, per in sorted(spread.items(), key=lambda kv: str(kv[0])):
+    for cell, per in sorted(spread.items(), key=lambda kv: (str(kv[0][:4]), kv[0][4])):
         if not per or cell[3] in ("plain", "oracle"):
             continue
         row = {**dict(zip(("suite", "split", "reward_model", "method", "K"), cell)), "spread": float(np.mean(
@@ -617,6 +627,8 @@ def main(argv=None):
     c.add_argument("--extend", type=Path, nargs="*", default=[], help="pool extension folders (shapes_pool.py --skip)")
     c.add_argument("--records", type=Path, default=RECORDS)
     c.add_argument("--threads", type=int, default=1)
+    c.add_argument("--option", action="append", default=[], metavar="evosearch:KEY=VALUE",
+                   help="EvoSearch's winners for these options instead of the default (elites-only screening)")
     p = sub.add_parser("report", help="paired tables, JSON and plot from records")
     p.add_argument("--records-in", type=Path, nargs="+", default=[RECORDS])
     p.add_argument("--out", type=Path, default=RESULTS / "shapes_geneval.json")

@@ -94,3 +94,27 @@ def test_report_pairs_across_budgets_and_writes_each_methods_rows_once(tmp_path)
     g.write_snippets(rows, tmp_path)  # a second report replaces the block, it does not append another
     assert (tmp_path / "evosearch.md").read_text() == first
     assert (tmp_path / "best-of-n.md").read_text().count("[start:hard-r]") == 1
+
+
+def test_report_measures_how_far_apart_winners_are_across_seeds(tmp_path):
+    """``report --pools``: winners are found by their image hash among the pools' candidates; a
+    method whose winner is the same picture on every seed has spread 0, against best-of-N's."""
+    g = _geneval()
+    from shapes_pool import pool_path
+
+    dark, light, mid = (np.full((32, 32, 3), v, np.uint8) for v in (0, 255, 128))
+    records = []
+    for p in ("p0", "p1"):
+        for s, bon in ((0, dark), (1, light)):
+            path = pool_path(tmp_path, p, s)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(path, prompt=np.asarray(p), seed=np.asarray(s), final=np.stack([bon, mid]))
+            base = {"suite": "hard", "split": "test", "reward_model": "r", "prompt": p, "seed": s, "K": 4}
+            records += [{**base, "method": "best-of-n", "image": g.image_hash(bon)},
+                        {**base, "method": "evosearch", "image": g.image_hash(mid)},
+                        {**base, "method": "particles", "image": "not-in-any-pool"}]
+    rows = {r["method"]: r for r in g.diversity(records, [tmp_path])}
+    assert set(rows) == {"best-of-n", "evosearch"}  # particles' winners are not pool candidates: left out
+    assert rows["best-of-n"]["spread"] == pytest.approx(1.0) and rows["best-of-n"]["seeds"] == 2
+    assert rows["evosearch"]["spread"] == 0.0 and rows["evosearch"]["ratio_vs_bon"] == 0.0
+    assert rows["evosearch"]["diff_vs_bon"] == pytest.approx(-1.0) and rows["evosearch"]["paired_prompts"] == 2
