@@ -12,7 +12,7 @@ and the winner is the best final reward among them. Best-of-K is the best of the
 
 Prints judge accuracy per configuration and K, each paired against best-of-K (mean difference
 and its 95% cluster-bootstrap interval), and the preview's AUC for the judge's verdict per step;
-writes ``benchmarks/results/shapes_tune.json``.
+writes ``benchmarks/results/shapes_tune_<reward>.json``.
 """
 
 from __future__ import annotations
@@ -52,8 +52,10 @@ def main(argv=None):
     ap.add_argument("--stages", nargs="*", default=[], metavar="S:KEEP,S:KEEP",
                     help="EvoSearch screenings ranked at several steps to try, e.g. 4:0.5,8:0.25 (rank at step 4 and "
                          "keep half, then at step 8 keep a quarter of those, finish them)")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "shapes_tune.json")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default: benchmarks/results/shapes_tune_<reward>.json")
     args = ap.parse_args(argv)
+    args.out = args.out or ROOT / "benchmarks" / "results" / f"shapes_tune_{args.reward}.json"
     reward = load_reward(args.reward)
     judge = shapes.Judge()
     records, auc = [], {}
