@@ -124,7 +124,8 @@ def screening_winner(pool: dict, previews_of, final_rewards: np.ndarray, k: int,
     alive = np.arange(sizes[0])
     for step, keep in zip(steps, sizes[1:]):
         alive = alive[np.argsort(-previews_of(step)[alive], kind="stable")[:keep]]
-    return int(alive[np.argmax(final_rewards[alive])]), {"nfe": plan.nfe, "screened": sizes[0], "step": steps[0]}
+    return int(alive[np.argmax(final_rewards[alive])]), {"nfe": plan.nfe, "screened": sizes[0], "step": steps[0],
+                                                          "finished": alive}
 
 
 def pool_records(pool: dict, prompt, category, seed, suite, split, reward_name, reward, judge, ks,
@@ -134,7 +135,7 @@ def pool_records(pool: dict, prompt, category, seed, suite, split, reward_name, 
     "evosearch" in ``methods``, also EvoSearch's winners where the pool holds them (the default, or
     ``EvoSearch(**evosearch_options)``, labelled as ``run`` labels it)."""
     options = evosearch_options or {}
-    label = "evosearch" + "".join(f"[{k}={v}]" for k, v in sorted(options.items()))
+    label = method_label("evosearch", options)
     final = pool["final"]
     rewards = scores(reward, final, prompt)
     verdicts = judge(final, prompt)
@@ -177,6 +178,11 @@ def pool_records(pool: dict, prompt, category, seed, suite, split, reward_name, 
     return rows
 
 
+def method_label(name: str, options: dict) -> str:
+    """A record's method name: the registry name, then each option given, e.g. ``evosearch[keep_fraction=0.5]``."""
+    return name + "".join(f"[{k}={v}]" for k, v in sorted(options.items()))
+
+
 def parse_options(specs: list[str]) -> dict[str, dict]:
     """``METHOD:KEY=VALUE`` strings (VALUE a Python literal) -> {method: {key: value}}."""
     options = {}
@@ -201,7 +207,7 @@ def run(args) -> None:
     options = parse_options(args.option)
     t_start = time.time()
     for name in args.methods:
-        label = name + "".join(f"[{k}={v}]" for k, v in sorted(options.get(name, {}).items()))
+        label = method_label(name, options.get(name, {}))
         for category, prompt in prompts:
             for seed in args.seeds:
                 base = {"suite": args.suite, "split": split_of[prompt], "reward_model": args.reward, "prompt": prompt,
@@ -245,6 +251,7 @@ def score(args) -> None:
     reward = load_reward(args.reward)
     done = {record_key(r) for r in read_records(args.records)}
     split_of = {p: s for s in ("tune", "test") for _, p in shapes.suite_prompts(args.suite, s)}
+    evosearch_options = parse_options(args.option).get("evosearch")
     for category, prompt in shapes.suite_prompts(args.suite, args.split):
         for seed in args.seeds:
             pool = load_pool(args.pool, prompt, seed, extensions=args.extend)
@@ -252,7 +259,7 @@ def score(args) -> None:
                 continue
             per = float(pool["seconds"]) / len(pool["final"]) if "seconds" in pool else None
             rows = pool_records(pool, prompt, category, seed, args.suite, split_of[prompt], args.reward, reward, judge,
-                                args.budgets, per, evosearch_options=parse_options(args.option).get("evosearch"))
+                                args.budgets, per, evosearch_options=evosearch_options)
             for r in rows:
                 r.setdefault("source", "pool")
             rows = [r for r in rows if record_key(r) not in done]

@@ -33,7 +33,6 @@ from evosearch.bundled import shapes  # noqa: E402
 from evosearch.evaluation import paired_difference, roc_auc  # noqa: E402
 from evosearch.io import atomic_write_json  # noqa: E402
 from evosearch.registry import load_reward  # noqa: E402
-from evosearch.search.ops.schedules import screening_schedule  # noqa: E402
 from shapes_geneval import STEPS, scores, screening_winner  # noqa: E402
 from shapes_pool import load_pool  # noqa: E402
 
@@ -76,18 +75,19 @@ def main(argv=None):
                 records.append({**base, "method": "best-of-n", "K": k, "judge": bool(correct[np.argmax(final[:k])])})
                 for s in [s for s in steps if args.steps is None or s in args.steps]:
                     for q in args.keep:
-                        screened, finished, _ = screening_schedule(k * STEPS, STEPS, s, q)
-                        if screened > n:
+                        found = screening_winner(pool, previews.__getitem__, final, k,
+                                                 EvoSearch(screen_fraction=s / STEPS, keep_fraction=q))
+                        if found is None:
                             continue
-                        top = np.argsort(-previews[s][:screened], kind="stable")[:finished]
-                        w = top[np.argmax(final[top])]
+                        w, info = found
                         records.append({**base, "method": f"screen s={s} keep={q}", "K": k,
-                                        "judge": bool(correct[w]), "screened": screened})
+                                        "judge": bool(correct[w]), "screened": info["screened"]})
                         if args.agreement:  # the finished sample best on both views: z(final) + z(preview)
+                            top = info["finished"]
                             z = lambda v: (v - v.mean()) / (v.std() + 1e-9)  # noqa: E731
                             w = top[np.argmax(z(final[top]) + z(previews[s][top]))]
                             records.append({**base, "method": f"screen s={s} keep={q} agree", "K": k,
-                                            "judge": bool(correct[w]), "screened": screened})
+                                            "judge": bool(correct[w]), "screened": info["screened"]})
                 for spec in args.stages:
                     stages = [x.split(":") for x in spec.split(",")]
                     method = EvoSearch(screen_fraction=tuple(int(a) / STEPS for a, _ in stages),

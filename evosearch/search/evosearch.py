@@ -107,8 +107,7 @@ class EvoSearch(SearchMethod):
             if isinstance(getattr(self, f), list):
                 object.__setattr__(self, f, tuple(getattr(self, f)))
         staged = isinstance(self.screen_fraction, tuple) or isinstance(self.keep_fraction, tuple)
-        screens = self.screen_fraction if isinstance(self.screen_fraction, tuple) else (self.screen_fraction,)
-        keeps = self.keep_fraction if isinstance(self.keep_fraction, tuple) else (self.keep_fraction,)
+        screens, keeps = self._stages()
         if self.screen_fraction is not None:
             if staged and (len(screens) != len(keeps) or not screens):
                 raise ParameterError(f"screen_fraction, keep_fraction: one share kept per screening step, got "
@@ -159,13 +158,16 @@ class EvoSearch(SearchMethod):
         return Plan(self.name, cost, sum(pop), {"evolution_schedule": list(evo), "population_schedule": list(pop),
                                                 "elite_size": elite})
 
+    def _stages(self) -> tuple[tuple, tuple]:
+        """(screen fractions, keep fractions) as tuples, one entry per screening stage."""
+        as_tuple = lambda v: v if isinstance(v, tuple) else (v,)  # noqa: E731
+        return as_tuple(self.screen_fraction), as_tuple(self.keep_fraction)
+
     def screening_steps(self, num_steps: int) -> tuple[list[int], list[float]]:
         """The screening steps (in [1, num_steps - 2]) and the share kept at each; stages that round
         to the same step as the one before merge (their shares multiply)."""
-        fractions = self.screen_fraction if isinstance(self.screen_fraction, tuple) else (self.screen_fraction,)
-        keeps = self.keep_fraction if isinstance(self.keep_fraction, tuple) else (self.keep_fraction,)
         steps, kept = [], []
-        for f, keep in zip(fractions, keeps):
+        for f, keep in zip(*self._stages()):
             s = min(num_steps - 2, max(1, int(round(f * num_steps))))
             if steps and s <= steps[-1]:
                 kept[-1] *= keep

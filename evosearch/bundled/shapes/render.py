@@ -1,7 +1,8 @@
 """The shapes world's procedural renderer: a scene that satisfies a prompt, for any seed.
 
 Scenes are 32x32 RGB: a dark background (a random shade of near-black) and 1-4 filled
-objects (5 only for a training negative: one more than "four") (circle, upright triangle, axis-aligned square) in palette colours with small
+objects (circle, upright triangle, axis-aligned square; 5 only as a reward-training negative,
+one more than "four") in palette colours with small
 colour jitter, random sizes and positions, never touching (a gap of at least 2 pixels),
 anti-aliased by 4x supersampling. Unspecified attributes of a prompt (a colour it does
 not name) are drawn at random, so ``render(prompt, seed)`` over seeds covers everything
